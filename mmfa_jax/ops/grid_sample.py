@@ -1,0 +1,183 @@
+"""Coordinate grids and differentiable bilinear / trilinear grid sampling (channels-last).
+
+Conventions (the face-vid2vid reference's, see architecture.md 1.2):
+
+* Feature maps are channels-last: 2D ``(B, H, W, C)``, 3D ``(B, D, H, W, C)``.
+* Sampling grids hold normalised coordinates in the **reverse** of the array-axis order: the last
+  axis of a grid is ``(x, y)`` or ``(x, y, z)``, with x indexing W, y indexing H and z indexing D.
+  ``-1`` and ``+1`` are the two ends of an axis; what "end" means is set by ``align_corners``
+  exactly as in ``torch.nn.functional.grid_sample``:
+
+  - ``align_corners=True``: -1 / +1 are the centres of the first / last pixel,
+    ``pixel = (coord + 1) / 2 * (size - 1)``;
+  - ``align_corners=False`` (the PyTorch default and what every reference call uses): -1 / +1 are
+    the outer edges of the first / last pixel, ``pixel = ((coord + 1) * size - 1) / 2``.
+
+* ``make_coordinate_grid`` spaces values over [-1, 1] *inclusive* (``2 * i / (n - 1) - 1``), the
+  reference's grid. Sampled with ``align_corners=False`` (as the reference does) it is therefore not
+  an exact identity: it is shrunk by ``(n - 1) / n`` about the centre. Keep that pairing to reproduce
+  reference checkpoints.
+
+The sampler gathers whole channel vectors from a flattened spatial axis (channels stay the minor,
+un-indexed dimension), one gather per corner of the interpolation cell, batched over the leading
+axis so that a batch sharded over a device mesh stays local to each device.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+PaddingMode = Literal["zeros", "border", "reflection"]
+_PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def make_coordinate_grid(spatial_shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """Regular grid over [-1, 1] (inclusive) for a 2D ``(H, W)`` or 3D ``(D, H, W)`` shape.
+
+  Returns an array of shape ``(*spatial_shape, n)`` whose last axis is ``(x, y)`` or ``(x, y, z)``:
+  x varies along the last spatial axis (W), y along H, z along D. Value at index i of an axis of
+  length n is ``2 * (i / (n - 1)) - 1`` (0 for a length-1 axis).
+  """
+  spatial_shape = tuple(int(n) for n in spatial_shape)
+  if len(spatial_shape) not in (2, 3):
+    raise ValueError(f"make_coordinate_grid takes a 2D or 3D shape, got {spatial_shape}")
+  axes = []
+  for n in spatial_shape:
+    index = jnp.arange(n, dtype=dtype)
+    axes.append(2 * (index / max(n - 1, 1)) - 1 if n > 1 else jnp.zeros((1,), dtype))
+  mesh = jnp.meshgrid(*axes, indexing="ij")  # each (*spatial_shape), in array-axis order
+  return jnp.stack(mesh[::-1], axis=-1)  # last axis (x, y[, z])
+
+
+def _unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
+  """Normalised coordinate to (fractional) pixel index, in PyTorch's operation order."""
+  if align_corners:
+    return ((coord + 1) / 2) * (size - 1)
+  return ((coord + 1) * size - 1) / 2
+
+
+def _reflect(coord: jax.Array, twice_low: int, twice_high: int) -> jax.Array:
+  """Reflects coordinates into [twice_low / 2, twice_high / 2] as often as needed."""
+  if twice_low == twice_high:
+    return jnp.zeros_like(coord)
+  low = twice_low / 2
+  span = (twice_high - twice_low) / 2
+  distance = jnp.abs(coord - low)
+  extra = jnp.fmod(distance, span)
+  flips = jnp.floor(distance / span)
+  return jnp.where(jnp.fmod(flips, 2) == 0, extra + low, span - extra + low)
+
+
+def _source_index(coord: jax.Array, size: int, padding_mode: str, align_corners: bool) -> jax.Array:
+  """Pixel-space sampling position along one axis, after border / reflection handling."""
+  index = _unnormalize(coord, size, align_corners)
+  if padding_mode == "border":
+    index = jnp.clip(index, 0, size - 1)
+  elif padding_mode == "reflection":
+    if align_corners:
+      index = _reflect(index, 0, 2 * (size - 1))
+    else:
+      index = _reflect(index, -1, 2 * size - 1)
+    index = jnp.clip(index, 0, size - 1)
+  return index
+
+
+def _gather_rows(flat: jax.Array, index: jax.Array) -> jax.Array:
+  """(B, S, C) values, (B, P) int indices in [0, S) -> (B, P, C)."""
+  return jax.vmap(lambda rows, idx: jnp.take(rows, idx, axis=0, mode="clip"))(flat, index)
+
+
+def grid_sample(
+  inputs: jax.Array,
+  grid: jax.Array,
+  *,
+  padding_mode: PaddingMode = "zeros",
+  align_corners: bool = False,
+) -> jax.Array:
+  """Bilinear (2D) or trilinear (3D) sampling of ``inputs`` at ``grid``, as torch's grid_sample.
+
+  Args:
+    inputs: ``(B, H, W, C)`` or ``(B, D, H, W, C)`` feature map.
+    grid: ``(B, *out_spatial, n)`` normalised sampling positions, last axis ``(x, y[, z])`` with
+      n = 2 for 2D and 3 for 3D inputs; ``out_spatial`` is any shape (usually ``(Ho, Wo)`` or
+      ``(Do, Ho, Wo)``). Computed in at least float32 whatever its dtype.
+    padding_mode: ``'zeros'`` (each out-of-range corner contributes 0), ``'border'`` (clamp) or
+      ``'reflection'`` (mirror about the borders, as set by ``align_corners``).
+    align_corners: PyTorch's flag; see the module docstring.
+
+  Returns:
+    ``(B, *out_spatial, C)`` in the dtype of ``inputs``. Differentiable with respect to both
+    ``inputs`` and ``grid``; the gradients equal PyTorch's.
+  """
+  if padding_mode not in _PADDING_MODES:
+    raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+  num_spatial = inputs.ndim - 2
+  if num_spatial not in (2, 3):
+    raise ValueError(f"inputs must be (B, H, W, C) or (B, D, H, W, C), got shape {inputs.shape}")
+  if grid.shape[-1] != num_spatial or grid.ndim < 2 or grid.shape[0] != inputs.shape[0]:
+    raise ValueError(
+      f"grid must be (B, ..., {num_spatial}) with B = {inputs.shape[0]} for inputs of shape "
+      f"{inputs.shape}, got {grid.shape}"
+    )
+  batch, *spatial, channels = inputs.shape
+  out_spatial = grid.shape[1:-1]
+  coord_dtype = jnp.promote_types(grid.dtype, jnp.float32)
+  points = grid.reshape(batch, -1, num_spatial).astype(coord_dtype)  # (B, P, n), (x, y[, z])
+
+  # Array-axis order (z, y, x) is the reverse of the grid's (x, y, z).
+  positions = [
+    _source_index(points[..., num_spatial - 1 - axis], size, padding_mode, align_corners)
+    for axis, size in enumerate(spatial)
+  ]  # each (B, P), fractional pixel index along array axis `axis`
+  lower = [jnp.floor(p) for p in positions]
+  weights_by_bit = [(low + 1 - p, p - low) for p, low in zip(positions, lower)]
+
+  flat = inputs.reshape(batch, math.prod(spatial), channels)  # (B, S, C)
+  output = jnp.zeros((batch, points.shape[1], channels), jnp.promote_types(inputs.dtype, coord_dtype))
+  for corner in itertools.product((0, 1), repeat=num_spatial):
+    weight = None
+    valid = None
+    flat_index = None
+    for axis, (bit, size) in enumerate(zip(corner, spatial)):
+      pos = lower[axis] + bit
+      axis_weight = weights_by_bit[axis][bit]
+      axis_valid = (pos >= 0) & (pos <= size - 1)
+      axis_index = jnp.clip(pos, 0, size - 1).astype(jnp.int32)
+      weight = axis_weight if weight is None else weight * axis_weight
+      valid = axis_valid if valid is None else valid & axis_valid
+      flat_index = axis_index if flat_index is None else flat_index * size + axis_index
+    values = _gather_rows(flat, flat_index)  # (B, P, C)
+    output = output + values * jnp.where(valid, weight, 0)[..., None]
+  return output.reshape(batch, *out_spatial, channels).astype(inputs.dtype)
+
+
+def grid_sample_2d(
+  inputs: jax.Array,
+  grid: jax.Array,
+  *,
+  padding_mode: PaddingMode = "zeros",
+  align_corners: bool = False,
+) -> jax.Array:
+  """``grid_sample`` for ``(B, H, W, C)`` inputs and ``(B, Ho, Wo, 2)`` grids of (x, y)."""
+  if inputs.ndim != 4 or grid.ndim != 4:
+    raise ValueError(f"grid_sample_2d wants 4-D inputs and grid, got {inputs.shape} and {grid.shape}")
+  return grid_sample(inputs, grid, padding_mode=padding_mode, align_corners=align_corners)
+
+
+def grid_sample_3d(
+  inputs: jax.Array,
+  grid: jax.Array,
+  *,
+  padding_mode: PaddingMode = "zeros",
+  align_corners: bool = False,
+) -> jax.Array:
+  """``grid_sample`` for ``(B, D, H, W, C)`` inputs and ``(B, Do, Ho, Wo, 3)`` grids of (x, y, z)."""
+  if inputs.ndim != 5 or grid.ndim != 5:
+    raise ValueError(f"grid_sample_3d wants 5-D inputs and grid, got {inputs.shape} and {grid.shape}")
+  return grid_sample(inputs, grid, padding_mode=padding_mode, align_corners=align_corners)

@@ -1,0 +1,235 @@
+"""Layer helpers shared by every network, with PyTorch's exact semantics (channels-last).
+
+* ``Conv``: N-d convolution (2D ``(B, H, W, C)`` or 3D ``(B, D, H, W, C)``) with PyTorch's
+  symmetric explicit zero padding (never XLA 'SAME', which pads strided convs asymmetrically) and
+  PyTorch's default initialisation (weights and bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
+  Parameters ``kernel`` ``(*k, in / groups, out)`` and ``bias`` ``(out,)``.
+* ``Dense``: ``nn.Linear`` semantics and initialisation; ``kernel`` ``(in, out)``.
+* ``BatchNorm``: PyTorch's ``BatchNorm`` (eps 1e-5, momentum 0.1 in PyTorch's convention:
+  ``running = 0.9 * running + 0.1 * batch``), normalising with the biased batch variance and
+  updating the running variance with the *unbiased* one, as PyTorch does. Under ``jax.jit`` over
+  a batch sharded on a mesh the statistics are global-batch statistics (the reference's
+  SynchronizedBatchNorm). Variables ``params/{scale,bias}`` and ``batch_stats/{mean,var}``.
+* ``upsample_nearest`` (pixel repetition, = PyTorch nearest x2), ``avg_pool`` (PyTorch AvgPool, no
+  padding) and ``max_pool`` (PyTorch MaxPool, padding with -inf).
+
+Parameters are stored in ``param_dtype`` (float32); ``dtype`` sets the computation dtype (e.g.
+bfloat16). BatchNorm statistics are always computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+PaddingLike = int | Sequence[int] | Sequence[tuple[int, int]]
+
+_DIMENSION_NUMBERS = {
+  1: ("NWC", "WIO", "NWC"),
+  2: ("NHWC", "HWIO", "NHWC"),
+  3: ("NDHWC", "DHWIO", "NDHWC"),
+}
+
+# PyTorch's default kaiming_uniform(a=sqrt(5)) equals U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def _torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
+  bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+  def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _per_axis(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+  if isinstance(value, int):
+    return (value,) * n
+  value = tuple(value)
+  if len(value) != n:
+    raise ValueError(f"{name} must be an int or have {n} entries, got {value}")
+  return value
+
+
+def _padding_pairs(padding: PaddingLike, n: int) -> tuple[tuple[int, int], ...]:
+  if isinstance(padding, int):
+    return ((padding, padding),) * n
+  padding = tuple(padding)
+  if len(padding) != n:
+    raise ValueError(f"padding must be an int or have {n} entries, got {padding}")
+  return tuple((p, p) if isinstance(p, int) else (int(p[0]), int(p[1])) for p in padding)
+
+
+class Conv(nn.Module):
+  """PyTorch-style convolution over the spatial axes between batch and channels.
+
+  Attributes:
+    features: output channels.
+    kernel_size: one int per spatial axis (an int is repeated over 2 axes).
+    strides: int or one per spatial axis.
+    padding: int, one int per axis (symmetric) or one (low, high) pair per axis; zeros.
+    use_bias: add a bias.
+    feature_group_count: groups (``in`` and ``features`` must both be divisible by it).
+    dtype: computation dtype (None: from inputs and params).
+    param_dtype: parameter storage dtype.
+    precision: convolution precision.
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: PaddingLike = 0
+  use_bias: bool = True
+  feature_group_count: int = 1
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  precision: lax.PrecisionLike = None
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    kernel_size = (
+      (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+    )
+    num_spatial = len(kernel_size)
+    if inputs.ndim != num_spatial + 2:
+      raise ValueError(
+        f"{self.name or 'Conv'}: a {num_spatial}-D kernel needs (B, *{num_spatial} spatial, C) "
+        f"inputs, got shape {inputs.shape}"
+      )
+    in_features = inputs.shape[-1]
+    if in_features % self.feature_group_count or self.features % self.feature_group_count:
+      raise ValueError(
+        f"channels {in_features} -> {self.features} not divisible by {self.feature_group_count} groups"
+      )
+    kernel_shape = (*kernel_size, in_features // self.feature_group_count, self.features)
+    kernel = self.param("kernel", torch_default_kernel_init, kernel_shape, self.param_dtype)
+    bias = None
+    if self.use_bias:
+      fan_in = math.prod(kernel_shape[:-1])
+      bias = self.param("bias", _torch_default_bias_init(fan_in), (self.features,), self.param_dtype)
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    outputs = lax.conv_general_dilated(
+      inputs,
+      kernel,
+      window_strides=_per_axis(self.strides, num_spatial, "strides"),
+      padding=_padding_pairs(self.padding, num_spatial),
+      dimension_numbers=_DIMENSION_NUMBERS[num_spatial],
+      feature_group_count=self.feature_group_count,
+      precision=self.precision,
+    )
+    if bias is not None:
+      outputs = outputs + bias
+    return outputs
+
+
+class Dense(nn.Module):
+  """PyTorch ``nn.Linear`` over the last axis, with PyTorch's default initialisation."""
+
+  features: int
+  use_bias: bool = True
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  precision: lax.PrecisionLike = None
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    in_features = inputs.shape[-1]
+    kernel = self.param(
+      "kernel", torch_default_kernel_init, (in_features, self.features), self.param_dtype
+    )
+    bias = None
+    if self.use_bias:
+      bias = self.param(
+        "bias", _torch_default_bias_init(in_features), (self.features,), self.param_dtype
+      )
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    outputs = jnp.matmul(inputs, kernel, precision=self.precision)
+    if bias is not None:
+      outputs = outputs + bias
+    return outputs
+
+
+class BatchNorm(nn.Module):
+  """PyTorch BatchNorm{1,2,3}d over the last (channel) axis.
+
+  Attributes:
+    use_running_average: eval mode (use ``batch_stats``) if True; may also be given at call time.
+    momentum: PyTorch convention, weight of the new batch statistic (0.1).
+    epsilon: added to the variance (1e-5).
+    axis_name: for use inside ``shard_map``/``vmap``: statistics are averaged over this axis too.
+      Not needed under ``jax.jit`` with a sharded batch, where the batch is already global.
+    dtype: output dtype (None: the input dtype).
+    param_dtype: dtype of scale and bias.
+  """
+
+  use_running_average: bool | None = None
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    use_running_average = nn.merge_param(
+      "use_running_average", self.use_running_average, use_running_average
+    )
+    features = inputs.shape[-1]
+    reduce_axes = tuple(range(inputs.ndim - 1))
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+
+    values = inputs.astype(jnp.promote_types(inputs.dtype, jnp.float32))
+    if use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      mean = jnp.mean(values, axis=reduce_axes)
+      count = math.prod(inputs.shape[:-1])
+      if self.axis_name is not None:
+        mean = lax.pmean(mean, self.axis_name)
+        count = count * lax.psum(1, self.axis_name)
+      var = jnp.mean(jnp.square(values - mean), axis=reduce_axes)  # biased, two-pass
+      if self.axis_name is not None:
+        var = lax.pmean(var, self.axis_name)
+      if not self.is_initializing():
+        unbiased = var * (count / max(count - 1, 1))
+        running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+        running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+    multiplier = scale.astype(values.dtype) * lax.rsqrt(var + self.epsilon)
+    outputs = (values - mean) * multiplier + bias.astype(values.dtype)
+    return outputs.astype(self.dtype or inputs.dtype)
+
+
+def upsample_nearest(inputs: jax.Array, factors: Sequence[int]) -> jax.Array:
+  """Repeats each element ``factors[i]`` times along spatial axis i (PyTorch nearest upsampling).
+
+  ``inputs`` is ``(B, *spatial, C)``; e.g. factors ``(2, 2)`` for UpBlock2d, ``(1, 2, 2)`` for
+  UpBlock3d.
+  """
+  if len(factors) != inputs.ndim - 2:
+    raise ValueError(f"{len(factors)} factors for {inputs.ndim - 2} spatial axes")
+  for axis, factor in enumerate(factors, start=1):
+    if factor != 1:
+      inputs = jnp.repeat(inputs, factor, axis=axis)
+  return inputs
+
+
+def avg_pool(inputs: jax.Array, window: Sequence[int]) -> jax.Array:
+  """PyTorch AvgPool with kernel = stride = ``window`` and no padding (floors odd sizes)."""
+  return nn.avg_pool(inputs, tuple(window), strides=tuple(window), padding="VALID")
+
+
+def max_pool(inputs: jax.Array, window: Sequence[int], strides: Sequence[int], padding: int) -> jax.Array:
+  """PyTorch MaxPool: symmetric padding with -inf (e.g. window (3, 3), strides (2, 2), padding 1)."""
+  pads = tuple((padding, padding) for _ in window)
+  return nn.max_pool(inputs, tuple(window), strides=tuple(strides), padding=pads)

@@ -1,0 +1,112 @@
+"""Layout rules for turning PyTorch state_dict tensors into Flax variables (architecture.md 1.6).
+
+* Conv{1,2,3}d ``[out, in, *k]`` -> Flax ``[*k, in, out]``.
+* Linear ``[out, in]`` -> Dense kernel ``[in, out]``.
+* BatchNorm ``weight, bias`` -> ``params/{scale, bias}``; ``running_mean, running_var`` ->
+  ``batch_stats/{mean, var}``; ``num_batches_tracked`` is dropped.
+
+Files are read with ``torch.load(..., weights_only=True)``: nothing is unpickled beyond tensors and
+plain containers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+class CheckpointError(ValueError):
+  """A weights file that cannot be read or does not hold what a converter needs."""
+
+
+def load_torch_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+  """Reads a PyTorch ``.pth``/``.pth.tar``/``.pkl`` file safely into ``{name: float32 ndarray}``.
+
+  Args:
+    path: the file.
+    key: for a checkpoint dict holding several modules (e.g. ``'kp_detector'``), the entry to read;
+      a leading ``module.`` (DataParallel) is stripped from names.
+
+  Raises:
+    CheckpointError: naming the file and the problem (missing, not a torch file, refused by the
+      safe loader, missing key, not a state_dict).
+  """
+  import torch  # optional dependency: the `convert` extra
+
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path}: no such file")
+  try:
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as error:  # torch raises several types for bad files
+    raise CheckpointError(f"{path}: cannot be read as a PyTorch weights file ({error})") from error
+  if key is not None:
+    if not isinstance(loaded, Mapping) or key not in loaded:
+      found = sorted(loaded) if isinstance(loaded, Mapping) else type(loaded).__name__
+      raise CheckpointError(f"{path}: has no entry {key!r} (found {found})")
+    loaded = loaded[key]
+  if not isinstance(loaded, Mapping):
+    raise CheckpointError(f"{path}: expected a state_dict (a mapping), got {type(loaded).__name__}")
+  state_dict = {}
+  for name, value in loaded.items():
+    if not isinstance(value, torch.Tensor):
+      raise CheckpointError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor")
+    clean = name[len("module.") :] if name.startswith("module.") else name
+    state_dict[clean] = value.detach().cpu().numpy()
+  return state_dict
+
+
+def conv_kernel(weight: Any) -> np.ndarray:
+  """``[out, in, *k]`` PyTorch conv weight -> ``[*k, in, out]`` Flax kernel."""
+  weight = np.asarray(weight)
+  if weight.ndim < 3:
+    raise CheckpointError(f"conv weight must have rank >= 3, got shape {weight.shape}")
+  return np.transpose(weight, (*range(2, weight.ndim), 1, 0))
+
+
+def dense_kernel(weight: Any) -> np.ndarray:
+  """``[out, in]`` PyTorch Linear weight -> ``[in, out]`` Flax kernel."""
+  weight = np.asarray(weight)
+  if weight.ndim != 2:
+    raise CheckpointError(f"linear weight must have rank 2, got shape {weight.shape}")
+  return weight.T
+
+
+def take_conv(state_dict: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
+  """``{prefix}.weight`` (and ``.bias`` if present) -> Flax ``{'kernel', 'bias'}``."""
+  params = {"kernel": conv_kernel(_require(state_dict, f"{prefix}.weight"))}
+  if f"{prefix}.bias" in state_dict:
+    params["bias"] = np.asarray(state_dict[f"{prefix}.bias"])
+  return params
+
+
+def take_dense(state_dict: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
+  """``{prefix}.weight`` (and ``.bias``) of a Linear -> Flax ``{'kernel', 'bias'}``."""
+  params = {"kernel": dense_kernel(_require(state_dict, f"{prefix}.weight"))}
+  if f"{prefix}.bias" in state_dict:
+    params["bias"] = np.asarray(state_dict[f"{prefix}.bias"])
+  return params
+
+
+def take_batchnorm(
+  state_dict: Mapping[str, Any], prefix: str
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """BatchNorm under ``prefix`` -> (``{'scale', 'bias'}`` params, ``{'mean', 'var'}`` batch_stats)."""
+  params = {
+    "scale": np.asarray(_require(state_dict, f"{prefix}.weight")),
+    "bias": np.asarray(_require(state_dict, f"{prefix}.bias")),
+  }
+  stats = {
+    "mean": np.asarray(_require(state_dict, f"{prefix}.running_mean")),
+    "var": np.asarray(_require(state_dict, f"{prefix}.running_var")),
+  }
+  return params, stats
+
+
+def _require(state_dict: Mapping[str, Any], name: str) -> Any:
+  if name not in state_dict:
+    raise CheckpointError(f"state_dict has no {name!r}")
+  return state_dict[name]

@@ -94,7 +94,9 @@ def test_identity_and_reference_shrink():
   out = np.asarray(grid_sample_2d(image, grid, align_corners=False))
   np.testing.assert_allclose(out[:, 0, 0], 0.25 * image[:, 0, 0], atol=1e-5)
   # The centre of an odd axis is exact: x index 2 of 5 is sampled at position 2 (y is off-grid).
-  np.testing.assert_allclose(out[:, 1, 2], image[:, 1, 2] * (1 - 1 / 6) + image[:, 0, 2] / 6, atol=1e-4)
+  np.testing.assert_allclose(
+    out[:, 1, 2], image[:, 1, 2] * (1 - 1 / 6) + image[:, 0, 2] / 6, atol=1e-4
+  )
 
 
 def test_hand_computed_trilinear():

@@ -1,6 +1,5 @@
 """Keypoint transforms, movement helpers, heatmaps and sparse motions against hand cases."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

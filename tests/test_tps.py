@@ -62,7 +62,10 @@ def test_warp_image_matches_torch_reference_steps():
   weights = torch.from_numpy(np.array(transform.control_weights))[:, None]
   warped = warped + (radial * weights).sum(-1, keepdim=True)
   expected = F.grid_sample(
-    to_channels_first(images), warped.view(2, 24, 20, 2), padding_mode="reflection", align_corners=False
+    to_channels_first(images),
+    warped.view(2, 24, 20, 2),
+    padding_mode="reflection",
+    align_corners=False,
   )
   np.testing.assert_allclose(warp_image(transform, images), to_channels_last(expected), atol=1e-5)
 

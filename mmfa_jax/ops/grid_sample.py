@@ -139,7 +139,9 @@ def grid_sample(
   weights_by_bit = [(low + 1 - p, p - low) for p, low in zip(positions, lower)]
 
   flat = inputs.reshape(batch, math.prod(spatial), channels)  # (B, S, C)
-  output = jnp.zeros((batch, points.shape[1], channels), jnp.promote_types(inputs.dtype, coord_dtype))
+  output = jnp.zeros(
+    (batch, points.shape[1], channels), jnp.promote_types(inputs.dtype, coord_dtype)
+  )
   for corner in itertools.product((0, 1), repeat=num_spatial):
     weight = None
     valid = None
@@ -166,7 +168,9 @@ def grid_sample_2d(
 ) -> jax.Array:
   """``grid_sample`` for ``(B, H, W, C)`` inputs and ``(B, Ho, Wo, 2)`` grids of (x, y)."""
   if inputs.ndim != 4 or grid.ndim != 4:
-    raise ValueError(f"grid_sample_2d wants 4-D inputs and grid, got {inputs.shape} and {grid.shape}")
+    raise ValueError(
+      f"grid_sample_2d wants 4-D inputs and grid, got {inputs.shape} and {grid.shape}"
+    )
   return grid_sample(inputs, grid, padding_mode=padding_mode, align_corners=align_corners)
 
 
@@ -179,5 +183,7 @@ def grid_sample_3d(
 ) -> jax.Array:
   """``grid_sample`` for ``(B, D, H, W, C)`` inputs and ``(B, Do, Ho, Wo, 3)`` grids of (x, y, z)."""
   if inputs.ndim != 5 or grid.ndim != 5:
-    raise ValueError(f"grid_sample_3d wants 5-D inputs and grid, got {inputs.shape} and {grid.shape}")
+    raise ValueError(
+      f"grid_sample_3d wants 5-D inputs and grid, got {inputs.shape} and {grid.shape}"
+    )
   return grid_sample(inputs, grid, padding_mode=padding_mode, align_corners=align_corners)

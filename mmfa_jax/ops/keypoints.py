@@ -95,9 +95,7 @@ def adapt_movement_scale(
   source = np.asarray(kp_source, np.float64)
   initial = np.asarray(kp_driving_initial, np.float64)
   if source.shape != initial.shape or source.ndim != 3 or source.shape[-1] != 3:
-    raise ValueError(
-      f"want two (B, K, 3) keypoint arrays, got {source.shape} and {initial.shape}"
-    )
+    raise ValueError(f"want two (B, K, 3) keypoint arrays, got {source.shape} and {initial.shape}")
   scales = [
     ConvexHull(src).volume ** exponent / ConvexHull(ini).volume ** exponent
     for src, ini in zip(source, initial)

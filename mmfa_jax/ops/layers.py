@@ -114,7 +114,9 @@ class Conv(nn.Module):
     bias = None
     if self.use_bias:
       fan_in = math.prod(kernel_shape[:-1])
-      bias = self.param("bias", _torch_default_bias_init(fan_in), (self.features,), self.param_dtype)
+      bias = self.param(
+        "bias", _torch_default_bias_init(fan_in), (self.features,), self.param_dtype
+      )
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     outputs = lax.conv_general_dilated(
       inputs,
@@ -229,7 +231,9 @@ def avg_pool(inputs: jax.Array, window: Sequence[int]) -> jax.Array:
   return nn.avg_pool(inputs, tuple(window), strides=tuple(window), padding="VALID")
 
 
-def max_pool(inputs: jax.Array, window: Sequence[int], strides: Sequence[int], padding: int) -> jax.Array:
+def max_pool(
+  inputs: jax.Array, window: Sequence[int], strides: Sequence[int], padding: int
+) -> jax.Array:
   """PyTorch MaxPool: symmetric padding with -inf (e.g. window (3, 3), strides (2, 2), padding 1)."""
   pads = tuple((padding, padding) for _ in window)
   return nn.max_pool(inputs, tuple(window), strides=tuple(strides), padding=pads)

@@ -75,7 +75,9 @@ def euler_to_rotation_matrix(
 
   ``pi`` is the constant used to convert degrees to radians (the reference uses 3.14).
   """
-  yaw, pitch, roll = jnp.broadcast_arrays(*(jnp.asarray(a, jnp.float32) for a in (yaw, pitch, roll)))
+  yaw, pitch, roll = jnp.broadcast_arrays(
+    *(jnp.asarray(a, jnp.float32) for a in (yaw, pitch, roll))
+  )
   to_radians = pi / 180
   yaw, pitch, roll = yaw * to_radians, pitch * to_radians, roll * to_radians
   if convention == "reference":

@@ -1,0 +1,59 @@
+"""MMFA on VoxCeleb at 256 x 256 (vox-256 numbers of the reference, architecture.md 3).
+
+Use: ``python -m mmfa_jax.main --config=configs/vox.py`` (once training exists), or
+``configs.vox.get_config()`` from Python. Override with ``--config.model.num_kp=20`` etc.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The vox-256 experiment."""
+  config = ml_collections.ConfigDict()
+  config.image_size = 256
+  config.image_channels = 3
+
+  config.model = ml_collections.ConfigDict()
+  config.model.num_kp = 15
+  config.model.feature_channels = 32
+
+  config.model.kp_detector = ml_collections.ConfigDict(
+    dict(
+      temperature=0.1,
+      block_expansion=32,
+      max_features=1024,
+      scale_factor=0.25,
+      num_blocks=5,
+      reshape_channels=16384,
+      reshape_depth=16,
+    )
+  )
+  config.model.he_estimator = ml_collections.ConfigDict(
+    dict(block_expansion=64, max_features=2048, num_bins=66)
+  )
+  config.model.generator = ml_collections.ConfigDict(
+    dict(
+      block_expansion=64,
+      max_features=512,
+      num_down_blocks=2,
+      reshape_channels=32,
+      reshape_depth=16,
+      num_resblocks=6,
+      estimate_occlusion_map=True,
+    )
+  )
+  config.model.dense_motion = ml_collections.ConfigDict(
+    dict(block_expansion=32, max_features=1024, num_blocks=5, reshape_depth=16, compress=4)
+  )
+  config.model.discriminator = ml_collections.ConfigDict(
+    dict(scales=(1,), block_expansion=32, max_features=512, num_blocks=4, spectral_norm=True)
+  )
+
+  # Random TPS warp of the equivariance loss (architecture.md 9.2) and perceptual pyramid scales.
+  config.transform = ml_collections.ConfigDict(
+    dict(sigma_affine=0.05, sigma_tps=0.005, points_tps=5)
+  )
+  config.perceptual_scales = (1.0, 0.5, 0.25, 0.125)
+  return config

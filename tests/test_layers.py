@@ -1,0 +1,172 @@
+"""PyTorch-exact layer helpers against torch.nn twins (weights moved with pretrained_converters)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch_oracles import to_channels_first, to_channels_last
+
+from mmfa_jax.ops.layers import BatchNorm, Conv, Dense, avg_pool, max_pool, upsample_nearest
+from pretrained_converters.common import take_batchnorm, take_conv, take_dense
+
+torch.manual_seed(0)
+
+
+@pytest.mark.parametrize(
+  ("torch_conv", "size"),
+  [
+    (torch.nn.Conv2d(3, 8, 7, stride=2, padding=3), (17, 16)),  # 'SAME' would pad (2, 3)
+    (torch.nn.Conv2d(4, 6, 3, stride=2, padding=1), (9, 10)),  # 'SAME' would pad (0, 1)
+    (torch.nn.Conv2d(4, 6, 1), (5, 5)),
+    (torch.nn.Conv2d(6, 6, 3, padding=1, groups=3, bias=False), (6, 7)),
+    (torch.nn.Conv3d(4, 5, 3, padding=1), (3, 6, 5)),
+    (torch.nn.Conv3d(4, 2, 7, padding=3), (4, 8, 8)),
+  ],
+)
+def test_conv_matches_torch(torch_conv, size):
+  in_channels = torch_conv.in_channels
+  inputs = np.random.default_rng(0).normal(size=(2, *size, in_channels)).astype(np.float32)
+  expected = to_channels_last(torch_conv(to_channels_first(inputs)))
+  conv = Conv(
+    features=torch_conv.out_channels,
+    kernel_size=torch_conv.kernel_size,
+    strides=torch_conv.stride,
+    padding=torch_conv.padding,
+    use_bias=torch_conv.bias is not None,
+    feature_group_count=torch_conv.groups,
+  )
+  # take_conv reads "<prefix>.weight": key the bare module's state_dict under a prefix.
+  params = take_conv(
+    {f"c.{k}": v.detach().numpy() for k, v in torch_conv.state_dict().items()}, "c"
+  )
+  got = conv.apply({"params": params}, inputs)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, atol=2e-5)
+  # Initialised shapes equal the converted ones.
+  init_shapes = jax.tree.map(jnp.shape, conv.init(jax.random.key(0), inputs)["params"])
+  assert init_shapes == jax.tree.map(jnp.shape, params)
+
+
+def test_default_init_is_torch_uniform():
+  conv = Conv(features=64, kernel_size=(3, 3))
+  params = conv.init(jax.random.key(1), jnp.zeros((1, 8, 8, 32)))["params"]
+  bound = 1 / np.sqrt(3 * 3 * 32)
+  for name in ("kernel", "bias"):
+    values = np.asarray(params[name])
+    assert np.abs(values).max() <= bound
+    assert np.abs(values).max() > 0.9 * bound
+  np.testing.assert_allclose(np.std(params["kernel"]), bound / np.sqrt(3), rtol=0.05)
+
+
+def test_dense_matches_torch():
+  linear = torch.nn.Linear(12, 5)
+  inputs = np.random.default_rng(1).normal(size=(3, 12)).astype(np.float32)
+  params = take_dense({f"fc.{k}": v.detach().numpy() for k, v in linear.state_dict().items()}, "fc")
+  got = Dense(5).apply({"params": params}, inputs)
+  np.testing.assert_allclose(got, linear(torch.from_numpy(inputs)).detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("torch_bn_cls", [torch.nn.BatchNorm2d, torch.nn.BatchNorm3d])
+def test_batchnorm_train_and_eval_match_torch(torch_bn_cls):
+  """Training-mode output, running statistics (unbiased variance) and eval output all agree."""
+  rng = np.random.default_rng(2)
+  num_spatial = 2 if torch_bn_cls is torch.nn.BatchNorm2d else 3
+  torch_bn = torch_bn_cls(6)
+  with torch.no_grad():
+    torch_bn.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, 6).astype(np.float32)))
+    torch_bn.bias.copy_(torch.from_numpy(rng.normal(size=6).astype(np.float32)))
+  state = {f"bn.{k}": v.detach().numpy().copy() for k, v in torch_bn.state_dict().items()}
+  params, stats = take_batchnorm(state, "bn")
+  variables = {"params": params, "batch_stats": stats}
+  bn = BatchNorm()
+  torch_bn.train()
+  for step in range(3):
+    inputs = rng.normal(2.0, 3.0, size=(4, *(5,) * num_spatial, 6)).astype(np.float32)
+    expected = to_channels_last(torch_bn(to_channels_first(inputs)))
+    got, updates = bn.apply(variables, inputs, use_running_average=False, mutable=["batch_stats"])
+    variables = {"params": params, "batch_stats": updates["batch_stats"]}
+    np.testing.assert_allclose(got, expected, atol=2e-5, err_msg=f"step {step}")
+  np.testing.assert_allclose(variables["batch_stats"]["mean"], torch_bn.running_mean, atol=1e-5)
+  np.testing.assert_allclose(variables["batch_stats"]["var"], torch_bn.running_var, atol=1e-4)
+  torch_bn.eval()
+  inputs = rng.normal(size=(2, *(4,) * num_spatial, 6)).astype(np.float32)
+  expected = to_channels_last(torch_bn(to_channels_first(inputs)))
+  got = bn.apply(variables, inputs, use_running_average=True)
+  np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def test_conv_batchnorm_gradients_match_torch():
+  """Gradients through conv + training-mode BatchNorm w.r.t. input and every parameter."""
+  rng = np.random.default_rng(3)
+  torch_conv, torch_bn = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.BatchNorm2d(4)
+  inputs = rng.normal(size=(2, 9, 9, 3)).astype(np.float32)
+  cotangent = rng.normal(size=(2, 5, 5, 4)).astype(np.float32)
+  x = to_channels_first(inputs).requires_grad_(True)
+  (torch_bn(torch_conv(x)) * to_channels_first(cotangent)).sum().backward()
+
+  state = {f"c.{k}": v.detach().numpy() for k, v in torch_conv.state_dict().items()}
+  state.update({f"bn.{k}": v.detach().numpy() for k, v in torch_bn.state_dict().items()})
+  bn_params, bn_stats = take_batchnorm(state, "bn")
+  params = {"conv": take_conv(state, "c"), "bn": bn_params}
+
+  def loss(params, inputs):
+    h = Conv(4, (3, 3), strides=2, padding=1).apply({"params": params["conv"]}, inputs)
+    out, _ = BatchNorm().apply(
+      {"params": params["bn"], "batch_stats": bn_stats}, h, False, mutable=["batch_stats"]
+    )
+    return jnp.sum(out * cotangent)
+
+  d_params, d_inputs = jax.grad(loss, argnums=(0, 1))(params, inputs)
+  np.testing.assert_allclose(d_inputs, to_channels_last(x.grad), atol=1e-4)
+  np.testing.assert_allclose(
+    d_params["conv"]["kernel"],
+    np.transpose(torch_conv.weight.grad.numpy(), (2, 3, 1, 0)),
+    atol=1e-4,
+  )
+  np.testing.assert_allclose(d_params["conv"]["bias"], torch_conv.bias.grad.numpy(), atol=1e-4)
+  np.testing.assert_allclose(d_params["bn"]["scale"], torch_bn.weight.grad.numpy(), atol=1e-4)
+  np.testing.assert_allclose(d_params["bn"]["bias"], torch_bn.bias.grad.numpy(), atol=1e-4)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  conv = Conv(8, (3, 3), padding=1, dtype=jnp.bfloat16)
+  bn = BatchNorm(dtype=jnp.bfloat16)
+  x = jnp.ones((1, 4, 4, 3), jnp.float32)
+  conv_vars = conv.init(jax.random.key(0), x)
+  assert conv_vars["params"]["kernel"].dtype == jnp.float32
+  h = conv.apply(conv_vars, x)
+  assert h.dtype == jnp.bfloat16
+  bn_vars = bn.init(jax.random.key(0), h, use_running_average=False)
+  out, _ = bn.apply(bn_vars, h, use_running_average=False, mutable=["batch_stats"])
+  assert out.dtype == jnp.bfloat16 and bn_vars["params"]["scale"].dtype == jnp.float32
+
+
+def test_upsample_and_pooling_match_torch():
+  rng = np.random.default_rng(4)
+  image = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
+  volume = rng.normal(size=(2, 3, 5, 7, 3)).astype(np.float32)
+  t_image, t_volume = to_channels_first(image), to_channels_first(volume)
+  nn_f = torch.nn.functional
+  np.testing.assert_array_equal(
+    upsample_nearest(image, (2, 2)), to_channels_last(nn_f.interpolate(t_image, scale_factor=2))
+  )
+  np.testing.assert_array_equal(
+    upsample_nearest(volume, (1, 2, 2)),
+    to_channels_last(nn_f.interpolate(t_volume, scale_factor=(1, 2, 2))),
+  )
+  np.testing.assert_allclose(
+    avg_pool(image, (2, 2)), to_channels_last(torch.nn.AvgPool2d(2)(t_image)), atol=1e-6
+  )
+  np.testing.assert_allclose(
+    avg_pool(volume, (1, 2, 2)),
+    to_channels_last(torch.nn.AvgPool3d((1, 2, 2))(t_volume)),
+    atol=1e-6,
+  )
+  negative = -np.abs(image) - 1  # zero padding would win the max at the borders; -inf must not
+  np.testing.assert_array_equal(
+    max_pool(negative, (3, 3), (2, 2), 1),
+    to_channels_last(torch.nn.MaxPool2d(3, 2, 1)(to_channels_first(negative))),
+  )
+  with pytest.raises(ValueError, match="factors"):
+    upsample_nearest(image, (2, 2, 2))

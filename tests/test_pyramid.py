@@ -4,31 +4,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from torch_oracles import to_channels_first, to_channels_last
+from torch_oracles import torch_antialias
 
 from mmfa_jax.ops import antialias_downsample, antialias_kernel, image_pyramid
-
-
-def torch_antialias(images: np.ndarray, scale: float) -> np.ndarray:
-  """The reference's steps (architecture.md 2.9) in torch, written from the spec."""
-  x = to_channels_first(images)
-  if scale == 1:
-    return images
-  channels = x.shape[1]
-  sigma = (1 / scale - 1) / 2
-  size = 2 * round(sigma * 4) + 1
-  coords = torch.arange(size, dtype=torch.float32)
-  rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-  kernel = torch.ones(size, size)
-  for grid in (rows, cols):
-    kernel = kernel * torch.exp(-((grid - (size - 1) / 2) ** 2) / (2 * sigma**2))
-  kernel = (kernel / kernel.sum()).view(1, 1, size, size).repeat(channels, 1, 1, 1)
-  half = size // 2
-  out = F.conv2d(F.pad(x, (half, half, half, half)), kernel, groups=channels)
-  step = int(1 / scale)
-  return to_channels_last(out[:, :, ::step, ::step])
 
 
 @pytest.mark.parametrize(("scale", "size", "stride"), [(0.5, 5, 2), (0.25, 13, 4), (0.125, 29, 8)])

@@ -12,7 +12,8 @@ plain containers.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,3 +111,104 @@ def _require(state_dict: Mapping[str, Any], name: str) -> Any:
   if name not in state_dict:
     raise CheckpointError(f"state_dict has no {name!r}")
   return state_dict[name]
+
+
+_LEAF_TO_TORCH = {
+  ("params", "kernel"): "weight",
+  ("params", "bias"): "bias",
+  ("params", "scale"): "weight",
+  ("batch_stats", "mean"): "running_mean",
+  ("batch_stats", "var"): "running_var",
+}
+
+DEFAULT_LIST_NAMES = ("down_blocks", "up_blocks")
+
+
+def default_torch_prefix(module_path: tuple[str, ...], list_names=DEFAULT_LIST_NAMES) -> str:
+  """Flax module path -> PyTorch module prefix: names joined by '.', and ``{list}_{i}`` -> ``{list}.{i}``
+  for the ModuleList attributes named in ``list_names``."""
+  parts = []
+  for name in module_path:
+    head, _, index = name.rpartition("_")
+    parts.append(f"{head}.{index}" if head in list_names and index.isdigit() else name)
+  return ".".join(parts)
+
+
+def convert_state_dict(
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  *,
+  torch_prefix: Callable[[tuple[str, ...]], str] = default_torch_prefix,
+  ignore: Sequence[str] = (r"(^|\.)num_batches_tracked$",),
+  source: str = "state_dict",
+) -> dict[str, Any]:
+  """Fills a Flax variables template (``{'params': ..., 'batch_stats': ...}``) from a state_dict.
+
+  Each Flax leaf ``(collection, *module_path, leaf)`` is looked up as
+  ``torch_prefix(module_path) + '.' + {weight|bias|running_mean|running_var}``; conv and linear
+  weights are transposed to Flax layout. Template leaves only need ``.shape`` (arrays or
+  ``jax.ShapeDtypeStruct`` from ``jax.eval_shape``).
+
+  Raises:
+    CheckpointError: one message naming every missing key, every shape mismatch and every
+      unexpected key (keys matching an ``ignore`` regex are allowed to stay unused).
+  """
+  used: set[str] = set()
+  missing, mismatched = [], []
+  converted: dict[str, Any] = {}
+  for collection, tree in template.items():
+    for path, leaf in _flatten(tree):
+      suffix = _LEAF_TO_TORCH.get((collection, path[-1]))
+      if suffix is None:
+        raise CheckpointError(f"no PyTorch name rule for {collection}/{'/'.join(path)}")
+      key = f"{torch_prefix(path[:-1])}.{suffix}"
+      if key not in state_dict:
+        missing.append(key)
+        continue
+      used.add(key)
+      value = np.asarray(state_dict[key])
+      expected = tuple(leaf.shape)
+      if path[-1] == "kernel":  # compare in PyTorch layout, as the user knows the file
+        expected = _torch_kernel_shape(expected)
+      if tuple(value.shape) != expected:
+        mismatched.append(f"{key}: file {tuple(value.shape)}, model needs {expected}")
+        continue
+      if path[-1] == "kernel":
+        value = dense_kernel(value) if value.ndim == 2 else conv_kernel(value)
+      _insert(converted.setdefault(collection, {}), path, value.astype(np.float32))
+  unexpected = [k for k in state_dict if k not in used and not any(re.search(p, k) for p in ignore)]
+  problems = []
+  if missing:
+    problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+  if mismatched:
+    problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+  if unexpected:
+    problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(sorted(unexpected))}")
+  if problems:
+    raise CheckpointError(f"{source}: " + " | ".join(problems))
+  return converted
+
+
+def _torch_kernel_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Flax ``[in, out]`` / ``[*k, in, out]`` -> PyTorch ``[out, in]`` / ``[out, in, *k]``."""
+  if len(flax_shape) == 2:
+    return flax_shape[::-1]
+  return (flax_shape[-1], flax_shape[-2], *flax_shape[:-2])
+
+
+def _flatten(
+  tree: Mapping[str, Any], prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], Any]]:
+  items = []
+  for name, value in tree.items():
+    if isinstance(value, Mapping):
+      items.extend(_flatten(value, (*prefix, name)))
+    else:
+      items.append(((*prefix, name), value))
+  return items
+
+
+def _insert(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+  for name in path[:-1]:
+    tree = tree.setdefault(name, {})
+  tree[path[-1]] = value

@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_channels = 3
 
   config.model = ml_collections.ConfigDict()
+  config.model.variant = "mmfa"  # or "face_vid2vid" (HEEstimator pose and expression)
   config.model.num_kp = 15
   config.model.feature_channels = 32
 
@@ -31,7 +32,21 @@ def get_config() -> ml_collections.ConfigDict:
     )
   )
   config.model.he_estimator = ml_collections.ConfigDict(
-    dict(block_expansion=64, max_features=2048, num_bins=66)
+    dict(block_expansion=64, widths=(256, 512, 1024, 2048), blocks=(3, 3, 5, 2), num_bins=66)
+  )
+  # MMFA's motion heads (mmfa_delta.md 2-5).
+  config.model.hopenet = ml_collections.ConfigDict(
+    dict(layers=(3, 4, 6, 3), widths=(64, 128, 256, 512))
+  )
+  config.model.scale_translation = ml_collections.ConfigDict(
+    dict(block_expansion=64, widths=(256, 512, 1024, 2048), blocks=(3, 3, 5, 2))
+  )
+  config.model.expression_encoder = ml_collections.ConfigDict(
+    dict(stem_features=64, widths=(256, 512), latent_dim=128)
+  )
+  config.model.expression_decoder = ml_collections.ConfigDict(dict(hidden=(256, 256, 256)))
+  config.model.deformation_frame = (
+    "canonical"  # s R (x_c + delta) + t; "posed": s (R x_c + delta) + t
   )
   config.model.generator = ml_collections.ConfigDict(
     dict(
@@ -45,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
   )
   config.model.dense_motion = ml_collections.ConfigDict(
-    dict(block_expansion=32, max_features=1024, num_blocks=5, reshape_depth=16, compress=4)
+    dict(block_expansion=32, max_features=1024, num_blocks=5, compress=4, kp_variance=0.01)
   )
   config.model.discriminator = ml_collections.ConfigDict(
     dict(scales=(1,), block_expansion=32, max_features=512, num_blocks=4, spectral_norm=True)

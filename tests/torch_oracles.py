@@ -10,7 +10,7 @@ import torch.nn.functional as F
 def to_channels_first(array: np.ndarray) -> torch.Tensor:
   """(B, *spatial, C) numpy -> (B, C, *spatial) torch tensor."""
   perm = (0, array.ndim - 1, *range(1, array.ndim - 1))
-  return torch.from_numpy(np.ascontiguousarray(array)).permute(*perm).contiguous()
+  return torch.from_numpy(np.array(array)).permute(*perm).contiguous()
 
 
 def to_channels_last(tensor: torch.Tensor) -> np.ndarray:

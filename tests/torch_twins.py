@@ -213,3 +213,241 @@ def randomize_batchnorm(module: nn.Module, seed: int = 0) -> nn.Module:
         layer.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
         layer.running_var.copy_(0.5 + torch.rand(n, generator=generator))
   return module
+
+
+class HopenetBottleneck(nn.Module):
+  def __init__(self, cin, width, stride, downsample):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+    self.bn2 = nn.BatchNorm2d(width)
+    self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(width * 4)
+    self.downsample = None
+    if downsample:
+      self.downsample = nn.Sequential(
+        nn.Conv2d(cin, width * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(width * 4)
+      )
+
+  def forward(self, x):
+    out = F.relu(self.bn1(self.conv1(x)))
+    out = F.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class Hopenet(nn.Module):
+  """torchvision-layout ResNet-50 with three 66-bin heads and the unused fc_finetune."""
+
+  def __init__(self, layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), num_bins=66):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False)
+    self.bn1 = nn.BatchNorm2d(widths[0])
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    cin = widths[0]
+    for index, (count, width) in enumerate(zip(layers, widths), start=1):
+      blocks = []
+      for b in range(count):
+        stride = 2 if b == 0 and index > 1 else 1
+        blocks.append(HopenetBottleneck(cin, width, stride, downsample=b == 0))
+        cin = width * 4
+      setattr(self, f"layer{index}", nn.Sequential(*blocks))
+    self.avgpool = nn.AvgPool2d(7)
+    self.fc_yaw = nn.Linear(cin, num_bins)
+    self.fc_pitch = nn.Linear(cin, num_bins)
+    self.fc_roll = nn.Linear(cin, num_bins)
+    self.fc_finetune = nn.Linear(cin + 3, 3)
+
+  def forward(self, x):
+    x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+    for index in range(1, 5):
+      x = getattr(self, f"layer{index}")(x)
+    x = self.avgpool(x).flatten(1)
+    return self.fc_yaw(x), self.fc_pitch(x), self.fc_roll(x)
+
+
+def hopenet_input(images_nchw):
+  """Resize to 224 (bilinear, align_corners False, no antialias) and ImageNet-normalise."""
+  x = F.interpolate(images_nchw, size=(224, 224), mode="bilinear", align_corners=False)
+  mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+  std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+  return (x - mean) / std
+
+
+class ScaleTranslationHead(HEEstimator):
+  """MMFA's head (mmfa_delta 3): the HEEstimator trunk with fc_t and fc_scale (s = exp)."""
+
+  def __init__(self, block_expansion=64, widths=(256, 512, 1024, 2048), blocks=(3, 3, 5, 2)):
+    super().__init__(block_expansion, widths, blocks)
+    for name in ("fc_roll", "fc_pitch", "fc_yaw", "fc_exp"):
+      delattr(self, name)
+    self.fc_scale = nn.Linear(widths[-1], 1)
+
+  def forward(self, x):
+    out = self.maxpool(F.relu(self.norm1(self.conv1(x))))
+    block_index = 1
+    for stage in range(self.num_stages):
+      out = F.relu(getattr(self, f"norm{stage + 2}")(getattr(self, f"conv{stage + 2}")(out)))
+      if stage > 0:
+        out = getattr(self, f"block{block_index}")(out)
+        block_index += 1
+      out = getattr(self, f"block{block_index}")(out)
+      block_index += 1
+    out = out.mean(dim=(2, 3))
+    return {"scale": torch.exp(self.fc_scale(out)[:, 0]), "translation": self.fc_t(out)}
+
+
+class ExpressionEncoder(nn.Module):
+  """mmfa_delta 4 table: stem, two bottleneck stages, two strided bottlenecks, Linear."""
+
+  def __init__(self, stem=64, widths=(256, 512), latent_dim=128, map_size=4):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3)
+    self.norm1 = nn.BatchNorm2d(stem)
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    self.conv2 = nn.Conv2d(stem, widths[0], 1)
+    self.norm2 = nn.BatchNorm2d(widths[0])
+    self.block1_0 = ResBottleneck(widths[0], 2)
+    self.block1_1 = ResBottleneck(widths[0], 1)
+    self.conv3 = nn.Conv2d(widths[0], widths[1], 1)
+    self.norm3 = nn.BatchNorm2d(widths[1])
+    self.block2_0 = ResBottleneck(widths[1], 2)
+    self.block2_1 = ResBottleneck(widths[1], 1)
+    self.block3 = ResBottleneck(widths[1], 2)
+    self.block4 = ResBottleneck(widths[1], 2)
+    self.fc = nn.Linear(widths[1] * map_size * map_size, latent_dim)
+
+  def forward(self, x):
+    x = self.maxpool(F.relu(self.norm1(self.conv1(x))))
+    x = F.relu(self.norm2(self.conv2(x)))
+    x = self.block1_1(self.block1_0(x))
+    x = F.relu(self.norm3(self.conv3(x)))
+    x = self.block4(self.block3(self.block2_1(self.block2_0(x))))
+    return self.fc(x.flatten(1))
+
+
+class ExpressionDecoder(nn.Module):
+  """mmfa_delta 5: concat(latent, flat canonical kp) -> [Linear, BN1d, ReLU] x n -> Linear."""
+
+  def __init__(self, latent_dim=128, num_kp=15, hidden=(256, 256, 256)):
+    super().__init__()
+    previous = latent_dim + 3 * num_kp
+    for i, width in enumerate(hidden):
+      setattr(self, f"fc{i}", nn.Linear(previous, width))
+      setattr(self, f"norm{i}", nn.BatchNorm1d(width))
+      previous = width
+    self.num_hidden = len(hidden)
+    self.fc_out = nn.Linear(previous, 3 * num_kp)
+
+  def forward(self, latent, canonical_kp):
+    x = torch.cat([latent, canonical_kp.flatten(1)], dim=1)
+    for i in range(self.num_hidden):
+      x = F.relu(getattr(self, f"norm{i}")(getattr(self, f"fc{i}")(x)))
+    return self.fc_out(x).view(canonical_kp.shape)
+
+
+class HourglassEncoder(nn.Module):
+  def __init__(self, block_expansion, in_features, num_blocks, max_features):
+    super().__init__()
+    self.down_blocks = nn.ModuleList(
+      DownBlock3d(
+        in_features if i == 0 else min(max_features, block_expansion * 2**i),
+        min(max_features, block_expansion * 2 ** (i + 1)),
+      )
+      for i in range(num_blocks)
+    )
+
+  def forward(self, x):
+    outs = [x]
+    for block in self.down_blocks:
+      outs.append(block(outs[-1]))
+    return outs
+
+
+class HourglassDecoder(nn.Module):
+  def __init__(self, block_expansion, in_features, num_blocks, max_features):
+    super().__init__()
+    blocks = []
+    for i in reversed(range(num_blocks)):
+      cin = (1 if i == num_blocks - 1 else 2) * min(max_features, block_expansion * 2 ** (i + 1))
+      blocks.append(UpBlock3d(cin, min(max_features, block_expansion * 2**i)))
+    self.up_blocks = nn.ModuleList(blocks)
+    out = block_expansion + in_features
+    self.conv = nn.Conv3d(out, out, 3, padding=1)
+    self.norm = nn.BatchNorm3d(out)
+
+  def forward(self, skips):
+    out = skips.pop()
+    for block in self.up_blocks:
+      out = torch.cat([block(out), skips.pop()], dim=1)
+    return F.relu(self.norm(self.conv(out)))
+
+
+class Hourglass(nn.Module):
+  def __init__(self, block_expansion, in_features, num_blocks, max_features):
+    super().__init__()
+    self.encoder = HourglassEncoder(block_expansion, in_features, num_blocks, max_features)
+    self.decoder = HourglassDecoder(block_expansion, in_features, num_blocks, max_features)
+
+  def forward(self, x):
+    return self.decoder(self.encoder(x))
+
+
+class DenseMotionNetwork(nn.Module):
+  """architecture.md 7.2, steps 1-9."""
+
+  def __init__(
+    self,
+    block_expansion=32,
+    num_blocks=5,
+    max_features=1024,
+    num_kp=15,
+    feature_channel=32,
+    reshape_depth=16,
+    compress=4,
+  ):
+    super().__init__()
+    in_features = (num_kp + 1) * (compress + 1)
+    self.hourglass = Hourglass(block_expansion, in_features, num_blocks, max_features)
+    out = block_expansion + in_features
+    self.mask = nn.Conv3d(out, num_kp + 1, 7, padding=3)
+    self.compress = nn.Conv3d(feature_channel, compress, 1)
+    self.norm = nn.BatchNorm3d(compress)
+    self.occlusion = nn.Conv2d(out * reshape_depth, 1, 7, padding=3)
+
+  def forward(self, feature, kp_driving, kp_source):
+    feature = F.relu(self.norm(self.compress(feature)))
+    bs, _, d, h, w = feature.shape
+    num_kp = kp_source.shape[1]
+    heat = gaussian_heatmap(kp_driving, (d, h, w)) - gaussian_heatmap(kp_source, (d, h, w))
+    heat = torch.cat([torch.zeros(bs, 1, d, h, w), heat], dim=1).unsqueeze(2)
+    grid = coordinate_grid_3d(d, h, w)
+    to_source = (
+      grid[None, None] - kp_driving[:, :, None, None, None] + kp_source[:, :, None, None, None]
+    )
+    motions = torch.cat([grid[None, None].repeat(bs, 1, 1, 1, 1, 1), to_source], dim=1)
+    repeated = (
+      feature.unsqueeze(1).repeat(1, num_kp + 1, 1, 1, 1, 1).view(bs * (num_kp + 1), -1, d, h, w)
+    )
+    deformed = F.grid_sample(
+      repeated, motions.view(bs * (num_kp + 1), d, h, w, 3), align_corners=False
+    )
+    deformed = deformed.view(bs, num_kp + 1, -1, d, h, w)
+    prediction = self.hourglass(torch.cat([heat, deformed], dim=2).view(bs, -1, d, h, w))
+    mask = F.softmax(self.mask(prediction), dim=1)
+    deformation = (
+      (motions.permute(0, 1, 5, 2, 3, 4) * mask.unsqueeze(2)).sum(1).permute(0, 2, 3, 4, 1)
+    )
+    occlusion = torch.sigmoid(self.occlusion(prediction.view(bs, -1, h, w)))
+    return {
+      "mask": mask,
+      "deformation": deformation,
+      "occlusion_map": occlusion,
+      "sparse_motion": motions,
+    }
+
+
+def gaussian_heatmap(kp, shape, variance=0.01):
+  grid = coordinate_grid_3d(*shape)
+  return torch.exp(-0.5 * ((grid[None, None] - kp[:, :, None, None, None]) ** 2).sum(-1) / variance)

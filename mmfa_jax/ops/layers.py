@@ -133,25 +133,28 @@ class Conv(nn.Module):
 
 
 class Dense(nn.Module):
-  """PyTorch ``nn.Linear`` over the last axis, with PyTorch's default initialisation."""
+  """PyTorch ``nn.Linear`` over the last axis, with PyTorch's default initialisation.
+
+  ``kernel_init`` / ``bias_init`` replace it (e.g. zeros for a head that must start at 0).
+  """
 
   features: int
   use_bias: bool = True
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   precision: lax.PrecisionLike = None
+  kernel_init: nn.initializers.Initializer | None = None
+  bias_init: nn.initializers.Initializer | None = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     in_features = inputs.shape[-1]
-    kernel = self.param(
-      "kernel", torch_default_kernel_init, (in_features, self.features), self.param_dtype
-    )
+    kernel_init = self.kernel_init or torch_default_kernel_init
+    kernel = self.param("kernel", kernel_init, (in_features, self.features), self.param_dtype)
     bias = None
     if self.use_bias:
-      bias = self.param(
-        "bias", _torch_default_bias_init(in_features), (self.features,), self.param_dtype
-      )
+      bias_init = self.bias_init or _torch_default_bias_init(in_features)
+      bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     outputs = jnp.matmul(inputs, kernel, precision=self.precision)
     if bias is not None:

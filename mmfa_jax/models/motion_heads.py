@@ -1,0 +1,108 @@
+"""MMFA's motion heads (mmfa_delta.md 3-5): scale/translation, expression encoder and decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmfa_jax.models.blocks import ResBottleneck
+from mmfa_jax.models.he_estimator import HETrunk
+from mmfa_jax.ops.layers import BatchNorm, Conv, Dense, max_pool
+
+Dtype = Any
+
+
+class ScaleTranslationHead(nn.Module):
+  """Image -> ``{'scale': (B,), 'translation': (B, 3)}``.
+
+  The HEEstimator trunk (``trunk``) with two Linear heads: ``fc_t`` (translation, normalised
+  units) and ``fc_scale``, zero-initialised, with ``scale = exp(fc_scale(features))`` so that it
+  starts at 1 and stays positive.
+  """
+
+  block_expansion: int = 64
+  widths: Sequence[int] = (256, 512, 1024, 2048)
+  blocks: Sequence[int] = (3, 3, 5, 2)
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, image: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    features = HETrunk(self.block_expansion, self.widths, self.blocks, self.dtype, name="trunk")(
+      image, train
+    )
+    translation = Dense(3, dtype=self.dtype, name="fc_t")(features).astype(jnp.float32)
+    log_scale = Dense(
+      1,
+      dtype=self.dtype,
+      kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.zeros,
+      name="fc_scale",
+    )(features)
+    return {"scale": jnp.exp(log_scale[:, 0].astype(jnp.float32)), "translation": translation}
+
+
+class ExpressionEncoder(nn.Module):
+  """Image ``(B, H, W, 3)`` -> expression latent ``(B, latent_dim)`` (no activation).
+
+  conv1 k7 s2 p3 -> norm1 -> ReLU -> MaxPool 3 s2 p1; conv2 1x1 -> ``widths[0]``, norm2, ReLU;
+  ``block1_0`` (stride 2), ``block1_1``; conv3 1x1 -> ``widths[1]``, norm3, ReLU; ``block2_0``
+  (stride 2), ``block2_1``; ``block3``, ``block4`` (stride 2 each); flatten in (C, H, W) order (as
+  a PyTorch port would) and ``fc``. At 256 px and widths (256, 512) the map is 512 x 4 x 4.
+  """
+
+  stem_features: int = 64
+  widths: Sequence[int] = (256, 512)
+  latent_dim: int = 128
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, image: jax.Array, train: bool = False) -> jax.Array:
+    def conv_bn_relu(index: int, features: int, x: jax.Array, **kwargs: Any) -> jax.Array:
+      x = Conv(features, dtype=self.dtype, name=f"conv{index}", **kwargs)(x)
+      x = BatchNorm(dtype=self.dtype, name=f"norm{index}")(x, use_running_average=not train)
+      return nn.relu(x)
+
+    def bottleneck(name: str, stride: int, x: jax.Array) -> jax.Array:
+      return ResBottleneck(stride=stride, dtype=self.dtype, name=name)(x, train)
+
+    x = conv_bn_relu(1, self.stem_features, image, kernel_size=(7, 7), strides=2, padding=3)
+    x = max_pool(x, (3, 3), (2, 2), 1)
+    x = conv_bn_relu(2, self.widths[0], x, kernel_size=(1, 1))
+    x = bottleneck("block1_1", 1, bottleneck("block1_0", 2, x))
+    x = conv_bn_relu(3, self.widths[1], x, kernel_size=(1, 1))
+    x = bottleneck("block2_1", 1, bottleneck("block2_0", 2, x))
+    x = bottleneck("block4", 2, bottleneck("block3", 2, x))  # (B, h, w, C)
+    flat = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # (B, C*h*w), torch order
+    return Dense(self.latent_dim, dtype=self.dtype, name="fc")(flat).astype(jnp.float32)
+
+
+class ExpressionDecoder(nn.Module):
+  """(expression latent ``(B, d)``, canonical keypoints ``(B, K, 3)``) -> deformation ``(B, K, 3)``.
+
+  Input ``concat(latent, flatten(canonical_kp))``; per hidden width i: ``fc{i}`` Linear,
+  ``norm{i}`` BatchNorm1d, ReLU; then ``fc_out`` Linear to 3K, zero-initialised (the deformation
+  starts at 0), no activation.
+  """
+
+  hidden: Sequence[int] = (256, 256, 256)
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, latent: jax.Array, canonical_kp: jax.Array, train: bool = False) -> jax.Array:
+    batch, num_kp, _ = canonical_kp.shape
+    x = jnp.concatenate([latent, canonical_kp.reshape(batch, -1)], axis=-1)  # (B, d + 3K)
+    for i, width in enumerate(self.hidden):
+      x = Dense(width, dtype=self.dtype, name=f"fc{i}")(x)
+      x = nn.relu(BatchNorm(dtype=self.dtype, name=f"norm{i}")(x, use_running_average=not train))
+    out = Dense(
+      3 * num_kp,
+      dtype=self.dtype,
+      kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.zeros,
+      name="fc_out",
+    )(x)
+    return out.astype(jnp.float32).reshape(batch, num_kp, 3)

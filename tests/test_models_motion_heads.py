@@ -1,0 +1,274 @@
+"""Hopenet, MMFA's heads, the dense motion network and the composed motion against torch twins."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch_twins
+from torch_oracles import rotation_matrix_t, to_channels_first
+
+from mmfa_jax.models import (
+  DenseMotionNetwork,
+  ExpressionDecoder,
+  ExpressionEncoder,
+  Hopenet,
+  MotionEstimator,
+  ScaleTranslationHead,
+  prepare_hopenet_input,
+)
+from pretrained_converters import he_estimator as he_converter
+from pretrained_converters import hopenet as hopenet_converter
+from pretrained_converters import keypoint_detector as kp_converter
+from pretrained_converters import motion as motion_converter
+
+torch.manual_seed(0)
+
+SMALL_HOPENET = dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64))
+SMALL_TRUNK = dict(block_expansion=8, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1))
+SMALL_ENCODER = dict(stem_features=8, widths=(16, 32), latent_dim=12)
+SMALL_KP = dict(
+  num_kp=5, block_expansion=8, max_features=64, num_blocks=3, reshape_channels=128, reshape_depth=4
+)
+
+
+def _state(module):
+  return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def _images(shape, seed=0):
+  return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def _close(got, want, atol=1e-4, rtol=1e-4):
+  want = want.detach().numpy() if isinstance(want, torch.Tensor) else want
+  np.testing.assert_allclose(np.asarray(got), want, atol=atol, rtol=rtol)
+
+
+def _template(module, *args):
+  return jax.eval_shape(lambda key: module.init(key, *args), jax.random.key(0))
+
+
+def test_hopenet_input_preparation_matches_torch():
+  images = _images((2, 256, 256, 3))
+  want = torch_twins.hopenet_input(to_channels_first(images)).permute(0, 2, 3, 1)
+  _close(prepare_hopenet_input(images), want, atol=1e-5)
+
+
+def test_hopenet_matches_twin():
+  twin = torch_twins.randomize_batchnorm(torch_twins.Hopenet(**SMALL_HOPENET)).eval()
+  prepared = np.asarray(prepare_hopenet_input(_images((2, 64, 64, 3))))
+  model = Hopenet(**SMALL_HOPENET)
+  variables = hopenet_converter.convert(_state(twin), _template(model, prepared))
+  got = model.apply(variables, prepared)
+  with torch.no_grad():
+    yaw, pitch, roll = twin(to_channels_first(prepared))
+  _close(got["yaw"], yaw)
+  _close(got["pitch"], pitch)
+  _close(got["roll"], roll)
+
+
+def test_scale_translation_head_matches_twin():
+  twin = torch_twins.randomize_batchnorm(torch_twins.ScaleTranslationHead(**SMALL_TRUNK)).eval()
+  images = _images((2, 64, 64, 3), seed=1)
+  model = ScaleTranslationHead(**SMALL_TRUNK)
+  variables = motion_converter.convert_scale_translation(_state(twin), _template(model, images))
+  got = model.apply(variables, images)
+  with torch.no_grad():
+    want = twin(to_channels_first(images))
+  _close(got["scale"], want["scale"])
+  _close(got["translation"], want["translation"])
+  # Freshly initialised, the scale is exactly 1.
+  fresh = model.init(jax.random.key(0), images)
+  np.testing.assert_array_equal(model.apply(fresh, images)["scale"], np.ones(2))
+
+
+def test_expression_encoder_matches_twin():
+  twin = torch_twins.randomize_batchnorm(
+    torch_twins.ExpressionEncoder(8, (16, 32), latent_dim=12, map_size=2), seed=2
+  ).eval()
+  images = _images((2, 128, 128, 3), seed=2)  # 2 x 2 final map: flatten order matters
+  model = ExpressionEncoder(**SMALL_ENCODER)
+  variables = motion_converter.convert_by_name(_state(twin), _template(model, images), "encoder")
+  with torch.no_grad():
+    want = twin(to_channels_first(images))
+  _close(model.apply(variables, images), want)
+
+
+def test_expression_decoder_matches_twin_in_both_modes():
+  twin = torch_twins.randomize_batchnorm(
+    torch_twins.ExpressionDecoder(latent_dim=12, num_kp=5, hidden=(16, 16)), seed=3
+  )
+  torch.nn.init.normal_(twin.fc_out.weight)
+  rng = np.random.default_rng(3)
+  latent = rng.normal(size=(4, 12)).astype(np.float32)
+  canonical = rng.uniform(-1, 1, (4, 5, 3)).astype(np.float32)
+  model = ExpressionDecoder(hidden=(16, 16))
+  variables = motion_converter.convert_by_name(
+    _state(twin), _template(model, latent, canonical), "decoder"
+  )
+  with torch.no_grad():
+    want_eval = twin.eval()(torch.from_numpy(latent), torch.from_numpy(canonical))
+    want_train = twin.train()(torch.from_numpy(latent), torch.from_numpy(canonical))
+  _close(model.apply(variables, latent, canonical), want_eval)
+  got_train, _ = model.apply(variables, latent, canonical, True, mutable=["batch_stats"])
+  _close(got_train, want_train)
+  # Zero-initialised output layer: a fresh decoder predicts no deformation.
+  fresh = model.init(jax.random.key(1), latent, canonical)
+  np.testing.assert_array_equal(model.apply(fresh, latent, canonical), np.zeros((4, 5, 3)))
+
+
+def _dense_motion_case(seed, batch, num_kp, feature_channels, spatial):
+  rng = np.random.default_rng(seed)
+  feature = rng.normal(size=(batch, *spatial, feature_channels)).astype(np.float32)
+  kp_source = rng.uniform(-0.9, 0.9, (batch, num_kp, 3)).astype(np.float32)
+  kp_driving = (kp_source + rng.normal(0, 0.1, kp_source.shape)).astype(np.float32)
+  return feature, kp_source, kp_driving
+
+
+def check_dense_motion(config, twin_config, feature, kp_source, kp_driving, atol):
+  twin = torch_twins.randomize_batchnorm(
+    torch_twins.DenseMotionNetwork(**twin_config), seed=4
+  ).eval()
+  model = DenseMotionNetwork(**config)
+  template = _template(model, feature, kp_source, kp_driving)
+  variables = motion_converter.convert_by_name(_state(twin), template, "dense_motion")
+  got = jax.jit(model.apply)(variables, feature, kp_source, kp_driving)
+  with torch.no_grad():
+    want = twin(
+      to_channels_first(feature), torch.from_numpy(kp_driving), torch.from_numpy(kp_source)
+    )
+  _close(got["sparse_motion"], want["sparse_motion"], atol=1e-6)
+  _close(got["mask"], want["mask"].permute(0, 2, 3, 4, 1), atol=atol)
+  _close(got["deformation"], want["deformation"], atol=atol)
+  _close(got["occlusion_map"], want["occlusion_map"].permute(0, 2, 3, 1), atol=atol)
+  return got
+
+
+def test_dense_motion_matches_twin():
+  feature, kp_source, kp_driving = _dense_motion_case(4, 2, 3, 6, (4, 16, 16))
+  config = dict(block_expansion=8, num_blocks=2, max_features=32, compress=4)
+  twin_config = dict(
+    block_expansion=8, num_blocks=2, max_features=32, num_kp=3, feature_channel=6, reshape_depth=4
+  )
+  got = check_dense_motion(config, twin_config, feature, kp_source, kp_driving, atol=1e-5)
+  assert got["deformed_feature"].shape == (2, 4, 4, 16, 16, 4)
+  assert got["heatmap"].shape == (2, 4, 16, 16, 4)
+  assert float(np.asarray(got["mask"]).std()) > 1e-3  # the mask is not uniform
+
+
+def _motion_twins(seed):
+  twins = {
+    "kp": torch_twins.KPDetector(
+      block_expansion=8,
+      num_kp=5,
+      max_features=64,
+      reshape_channel=128,
+      reshape_depth=4,
+      num_blocks=3,
+    ),
+    "pose": torch_twins.Hopenet(**SMALL_HOPENET),
+    "scale_translation_head": torch_twins.ScaleTranslationHead(**SMALL_TRUNK),
+    "exp_encoder": torch_twins.ExpressionEncoder(8, (16, 32), latent_dim=12, map_size=1),
+    "exp_decoder": torch_twins.ExpressionDecoder(latent_dim=12, num_kp=5, hidden=(16,)),
+    "he": torch_twins.HEEstimator(**SMALL_TRUNK, num_kp=5),
+  }
+  for i, twin in enumerate(twins.values()):
+    torch_twins.randomize_batchnorm(twin, seed=seed + i).eval()
+  torch.nn.init.normal_(twins["exp_decoder"].fc_out.weight, std=0.1)
+  return twins
+
+
+def _motion_estimator(variant, twins, images):
+  model = MotionEstimator(
+    variant=variant,
+    kp_detector=SMALL_KP,
+    he_estimator=dict(SMALL_TRUNK, num_kp=5),
+    hopenet=SMALL_HOPENET,
+    scale_translation=SMALL_TRUNK,
+    expression_encoder=SMALL_ENCODER,
+    expression_decoder=dict(hidden=(16,)),
+  )
+  template = _template(model, images, images)
+  converters = {
+    "kp": kp_converter.convert,
+    "pose": hopenet_converter.convert,
+    "scale_translation_head": motion_converter.convert_scale_translation,
+    "exp_encoder": lambda s, t: motion_converter.convert_by_name(s, t, "exp_encoder"),
+    "exp_decoder": lambda s, t: motion_converter.convert_by_name(s, t, "exp_decoder"),
+    "he": he_converter.convert,
+  }
+  parts = {}
+  for name in template["params"]:
+    sub_template = {c: template[c][name] for c in template if name in template[c]}
+    parts[name] = converters[name](_state(twins[name]), sub_template)
+  return model, motion_converter.assemble(parts)
+
+
+def _torch_angles(logits):
+  return (torch.softmax(logits, -1) * torch.arange(66.0)).sum(-1) * 3 - 99
+
+
+def test_motion_estimator_mmfa_matches_twin_composition():
+  twins = _motion_twins(seed=10)
+  source, driving = _images((2, 64, 64, 3), 5), _images((2, 64, 64, 3), 6)
+  model, variables = _motion_estimator("mmfa", twins, source)
+  got = jax.jit(model.apply)(variables, source, driving)
+  with torch.no_grad():
+    canonical = twins["kp"](to_channels_first(source))["value"]
+    for name, image in (("source", source), ("driving", driving)):
+      x = to_channels_first(image)
+      yaw, pitch, roll = (_torch_angles(v) for v in twins["pose"](torch_twins.hopenet_input(x)))
+      rotation = rotation_matrix_t(yaw, pitch, roll, math.pi)
+      head = twins["scale_translation_head"](x)
+      latent = twins["exp_encoder"](x)
+      deformation = twins["exp_decoder"](latent, canonical)
+      kp = head["scale"][:, None, None] * torch.einsum(
+        "bij,bkj->bki", rotation, canonical + deformation
+      )
+      kp = kp + head["translation"][:, None]
+      motion = got[name]
+      _close(motion["yaw"], yaw, atol=1e-3)
+      _close(motion["rotation"], rotation, atol=1e-5)
+      _close(motion["scale"], head["scale"])
+      _close(motion["expression_latent"], latent)
+      _close(motion["expression_deformation"], deformation)
+      _close(motion["kp"], kp)
+  _close(got["source"]["canonical_kp"], canonical, atol=1e-5)
+
+
+def test_motion_estimator_face_vid2vid_matches_twin_composition():
+  twins = _motion_twins(seed=20)
+  source, driving = _images((2, 64, 64, 3), 7), _images((2, 64, 64, 3), 8)
+  model, variables = _motion_estimator("face_vid2vid", twins, source)
+  got = jax.jit(model.apply)(variables, source, driving)
+  with torch.no_grad():
+    canonical = twins["kp"](to_channels_first(source))["value"]
+    for name, image in (("source", source), ("driving", driving)):
+      he = twins["he"](to_channels_first(image))
+      yaw, pitch, roll = (_torch_angles(he[k]) for k in ("yaw", "pitch", "roll"))
+      rotation = rotation_matrix_t(yaw, pitch, roll, 3.14)
+      kp = (
+        torch.einsum("bij,bkj->bki", rotation, canonical)
+        + he["t"][:, None]
+        + he["exp"].view(2, 5, 3)
+      )
+      _close(got[name]["roll"], roll, atol=1e-3)
+      _close(got[name]["kp"], kp)
+  np.testing.assert_array_equal(got["driving"]["scale"], np.ones(2))
+
+
+def test_hopenet_gets_no_gradient():
+  twins = _motion_twins(seed=30)
+  source = _images((1, 64, 64, 3), 9)
+  model, variables = _motion_estimator("mmfa", twins, source)
+
+  def loss(params):
+    out = model.apply({**variables, "params": params}, source, source)
+    return jnp.sum(out["driving"]["kp"] ** 2)
+
+  grads = jax.grad(loss)(variables["params"])
+  pose_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["pose"]))
+  kp_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["kp"]))
+  assert pose_norm == 0.0 and kp_norm > 0.0

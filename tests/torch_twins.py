@@ -451,3 +451,40 @@ class DenseMotionNetwork(nn.Module):
 def gaussian_heatmap(kp, shape, variance=0.01):
   grid = coordinate_grid_3d(*shape)
   return torch.exp(-0.5 * ((grid[None, None] - kp[:, :, None, None, None]) ** 2).sum(-1) / variance)
+
+
+class UpBlock2d(nn.Module):
+  def __init__(self, cin, cout):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+    self.norm = nn.BatchNorm2d(cout)
+
+  def forward(self, x):
+    return F.relu(self.norm(self.conv(F.interpolate(x, scale_factor=2))))
+
+
+class SameBlock2d(nn.Module):
+  def __init__(self, cin, cout, kernel_size=3, padding=1, lrelu=False):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, cout, kernel_size, padding=padding)
+    self.norm = nn.BatchNorm2d(cout)
+    self.act = nn.LeakyReLU() if lrelu else nn.ReLU()
+
+  def forward(self, x):
+    return self.act(self.norm(self.conv(x)))
+
+
+class ResBlock(nn.Module):
+  """ResBlock2d / ResBlock3d: pre-activation, identity shortcut."""
+
+  def __init__(self, features, ndim):
+    super().__init__()
+    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if ndim == 2 else (nn.Conv3d, nn.BatchNorm3d)
+    self.conv1 = conv(features, features, 3, padding=1)
+    self.conv2 = conv(features, features, 3, padding=1)
+    self.norm1 = norm(features)
+    self.norm2 = norm(features)
+
+  def forward(self, x):
+    out = self.conv1(F.relu(self.norm1(x)))
+    return self.conv2(F.relu(self.norm2(out))) + x

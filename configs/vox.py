@@ -45,11 +45,11 @@ def get_config() -> ml_collections.ConfigDict:
     dict(stem_features=64, widths=(256, 512), latent_dim=128)
   )
   config.model.expression_decoder = ml_collections.ConfigDict(dict(hidden=(256, 256, 256)))
-  config.model.deformation_frame = (
-    "canonical"  # s R (x_c + delta) + t; "posed": s (R x_c + delta) + t
-  )
+  # "canonical": s R (x_c + delta) + t; "posed": s (R x_c + delta) + t.
+  config.model.deformation_frame = "canonical"
   config.model.generator = ml_collections.ConfigDict(
     dict(
+      kind="multiscale",  # MMFA; "spade" (released face-vid2vid) or "original"
       block_expansion=64,
       max_features=512,
       num_down_blocks=2,
@@ -63,7 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
     dict(block_expansion=32, max_features=1024, num_blocks=5, compress=4, kp_variance=0.01)
   )
   config.model.discriminator = ml_collections.ConfigDict(
-    dict(scales=(1,), block_expansion=32, max_features=512, num_blocks=4, spectral_norm=True)
+    dict(scales=(1.0,), block_expansion=32, max_features=512, num_blocks=4, spectral_norm=True)
+  )
+  config.model.expression_vae = ml_collections.ConfigDict(
+    dict(feature_dim=128, latent_dim=32, hidden=(256, 256))
   )
 
   # Random TPS warp of the equivariance loss (architecture.md 9.2) and perceptual pyramid scales.

@@ -2,8 +2,10 @@
 
 * Conv{1,2,3}d ``[out, in, *k]`` -> Flax ``[*k, in, out]``.
 * Linear ``[out, in]`` -> Dense kernel ``[in, out]``.
-* BatchNorm ``weight, bias`` -> ``params/{scale, bias}``; ``running_mean, running_var`` ->
-  ``batch_stats/{mean, var}``; ``num_batches_tracked`` is dropped.
+* BatchNorm / InstanceNorm ``weight, bias`` -> ``params/{scale, bias}``; ``running_mean,
+  running_var`` -> ``batch_stats/{mean, var}``; ``num_batches_tracked`` is dropped.
+* Spectral norm: ``weight_orig`` -> ``kernel`` (transposed like any weight), ``weight_u``,
+  ``weight_v`` -> ``batch_stats/{u, v}``, so eval-mode outputs equal PyTorch's exactly.
 
 Files are read with ``torch.load(..., weights_only=True)``: nothing is unpickled beyond tensors and
 plain containers.
@@ -119,6 +121,8 @@ _LEAF_TO_TORCH = {
   ("params", "scale"): "weight",
   ("batch_stats", "mean"): "running_mean",
   ("batch_stats", "var"): "running_var",
+  ("batch_stats", "u"): "weight_u",  # spectral norm
+  ("batch_stats", "v"): "weight_v",
 }
 
 DEFAULT_LIST_NAMES = ("down_blocks", "up_blocks")
@@ -162,6 +166,8 @@ def convert_state_dict(
       if suffix is None:
         raise CheckpointError(f"no PyTorch name rule for {collection}/{'/'.join(path)}")
       key = f"{torch_prefix(path[:-1])}.{suffix}"
+      if suffix == "weight" and key not in state_dict and f"{key}_orig" in state_dict:
+        key = f"{key}_orig"  # a spectral-normalised layer keeps the raw weight as weight_orig
       if key not in state_dict:
         missing.append(key)
         continue

@@ -1,22 +1,44 @@
 """mmfa_jax networks (Flax Linen, channels-last), one module per network family."""
 
+from mmfa_jax.models.animation import AnimationModel, animation_model_from_config
 from mmfa_jax.models.dense_motion import DenseMotionNetwork
+from mmfa_jax.models.discriminator import Discriminator, MultiScaleDiscriminator
+from mmfa_jax.models.expression_vae import ExpressionVAE, LatentDiscriminator
+from mmfa_jax.models.generator import (
+  MultiScaleGenerator,
+  OcclusionAwareGenerator,
+  SPADEDecoder,
+  SPADEGenerator,
+)
 from mmfa_jax.models.he_estimator import HEEstimator, HETrunk
 from mmfa_jax.models.hopenet import Hopenet, prepare_hopenet_input
 from mmfa_jax.models.keypoint_detector import KPDetector
 from mmfa_jax.models.motion import MotionEstimator, motion_estimator_from_config
 from mmfa_jax.models.motion_heads import ExpressionDecoder, ExpressionEncoder, ScaleTranslationHead
+from mmfa_jax.models.perceptual import VGG19, VGGFace
 
 __all__ = [
+  "VGG19",
+  "AnimationModel",
   "DenseMotionNetwork",
+  "Discriminator",
   "ExpressionDecoder",
   "ExpressionEncoder",
+  "ExpressionVAE",
   "HEEstimator",
   "HETrunk",
   "Hopenet",
   "KPDetector",
+  "LatentDiscriminator",
   "MotionEstimator",
+  "MultiScaleDiscriminator",
+  "MultiScaleGenerator",
+  "OcclusionAwareGenerator",
+  "SPADEDecoder",
+  "SPADEGenerator",
   "ScaleTranslationHead",
+  "VGGFace",
+  "animation_model_from_config",
   "motion_estimator_from_config",
   "prepare_hopenet_input",
 ]

@@ -249,3 +249,18 @@ class KPHourglass(nn.Module):
       )
       x = UpBlock(features, ndim=3, dtype=self.dtype, name=f"up_blocks_{i}")(x, train)
     return x
+
+
+class ResBlockStack(nn.Module):
+  """``count`` ResBlocks named ``{prefix}{i}`` (the reference's ``resblocks_3d.3dr0``...)."""
+
+  count: int
+  ndim: int
+  prefix: str
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for i in range(self.count):
+      x = ResBlock(ndim=self.ndim, dtype=self.dtype, name=f"{self.prefix}{i}")(x, train)
+    return x

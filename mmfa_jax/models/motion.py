@@ -141,29 +141,34 @@ class MotionEstimator(nn.Module):
     return {"source": source_motion, "driving": driving_motion}
 
 
-def motion_estimator_from_config(model_config: Any, dtype: Dtype | None = None) -> MotionEstimator:
-  """Builds ``MotionEstimator`` from a config's ``model`` section (see ``configs/vox.py``)."""
+def motion_estimator_kwargs(model_config: Any) -> dict[str, Any]:
+  """``MotionEstimator`` keyword arguments (all but variant and dtype) from a config's ``model``."""
 
   def section(name: str) -> dict[str, Any]:
     value = model_config.get(name)
-    return dict(value) if value is not None else {}
-
-  def sequences_to_tuples(d: dict[str, Any]) -> dict[str, Any]:
+    if value is None:
+      return {}
     return {
-      k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in d.items()
+      k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+      for k, v in dict(value).items()
     }
 
   num_kp = model_config.num_kp
-  kp_detector = dict(section("kp_detector"), num_kp=num_kp)
-  he_estimator = dict(sequences_to_tuples(section("he_estimator")), num_kp=num_kp)
+  return dict(
+    kp_detector=dict(section("kp_detector"), num_kp=num_kp),
+    he_estimator=dict(section("he_estimator"), num_kp=num_kp),
+    hopenet=section("hopenet"),
+    scale_translation=section("scale_translation"),
+    expression_encoder=section("expression_encoder"),
+    expression_decoder=section("expression_decoder"),
+    deformation_frame=model_config.get("deformation_frame", "canonical"),
+  )
+
+
+def motion_estimator_from_config(model_config: Any, dtype: Dtype | None = None) -> MotionEstimator:
+  """Builds ``MotionEstimator`` from a config's ``model`` section (see ``configs/vox.py``)."""
   return MotionEstimator(
     variant=model_config.get("variant", "mmfa"),
-    kp_detector=kp_detector,
-    he_estimator=he_estimator,
-    hopenet=sequences_to_tuples(section("hopenet")),
-    scale_translation=sequences_to_tuples(section("scale_translation")),
-    expression_encoder=sequences_to_tuples(section("expression_encoder")),
-    expression_decoder=sequences_to_tuples(section("expression_decoder")),
-    deformation_frame=model_config.get("deformation_frame", "canonical"),
+    **motion_estimator_kwargs(model_config),
     dtype=dtype,
   )

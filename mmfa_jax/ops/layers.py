@@ -5,6 +5,11 @@
   PyTorch's default initialisation (weights and bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
   Parameters ``kernel`` ``(*k, in / groups, out)`` and ``bias`` ``(out,)``.
 * ``Dense``: ``nn.Linear`` semantics and initialisation; ``kernel`` ``(in, out)``.
+* ``spectral_norm=True`` on ``Conv``/``Dense``: PyTorch's ``spectral_norm`` (one power iteration per
+  training call, eps 1e-12) on the weight seen as the PyTorch matrix ``[out, in * k...]``; the
+  vectors ``u`` ``(out,)`` and ``v`` ``(in * k...,)`` live in ``batch_stats`` and are updated only
+  when called with ``train=True``. In eval mode sigma = ``u . (W v)`` from the stored vectors, so a
+  converted ``weight_orig``/``weight_u``/``weight_v`` triple reproduces PyTorch exactly.
 * ``BatchNorm``: PyTorch's ``BatchNorm`` (eps 1e-5, momentum 0.1 in PyTorch's convention:
   ``running = 0.9 * running + 0.1 * batch``), normalising with the biased batch variance and
   updating the running variance with the *unbiased* one, as PyTorch does. Under ``jax.jit`` over
@@ -50,6 +55,32 @@ def _torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
   return init
 
 
+def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+def _spectral_normalize(module: nn.Module, kernel: jax.Array, train: bool) -> jax.Array:
+  """kernel / sigma(W) with W = the kernel in PyTorch's ``[out, -1]`` matrix layout."""
+  out_features = kernel.shape[-1]
+  # Flax [*k, in, out] -> PyTorch [out, in, *k] -> [out, in * prod(k)].
+  torch_layout = jnp.moveaxis(kernel, (-1, -2), (0, 1)) if kernel.ndim > 2 else kernel.T
+  matrix = torch_layout.reshape(out_features, -1).astype(jnp.float32)
+
+  def random_unit(size: int) -> jax.Array:
+    return _l2_normalize(jax.random.normal(module.make_rng("params"), (size,)))
+
+  u = module.variable("batch_stats", "u", random_unit, matrix.shape[0])
+  v = module.variable("batch_stats", "v", random_unit, matrix.shape[1])
+  u_value, v_value = u.value, v.value
+  if train and not module.is_initializing():
+    v_value = _l2_normalize(matrix.T @ u_value)
+    u_value = _l2_normalize(matrix @ v_value)
+    u_value, v_value = lax.stop_gradient(u_value), lax.stop_gradient(v_value)
+    u.value, v.value = u_value, v_value
+  sigma = jnp.dot(u_value, matrix @ v_value)
+  return (kernel / sigma).astype(kernel.dtype)
+
+
 def _per_axis(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
   if isinstance(value, int):
     return (value,) * n
@@ -78,6 +109,7 @@ class Conv(nn.Module):
     padding: int, one int per axis (symmetric) or one (low, high) pair per axis; zeros.
     use_bias: add a bias.
     feature_group_count: groups (``in`` and ``features`` must both be divisible by it).
+    spectral_norm: PyTorch spectral normalisation of the kernel (module docstring).
     dtype: computation dtype (None: from inputs and params).
     param_dtype: parameter storage dtype.
     precision: convolution precision.
@@ -89,12 +121,14 @@ class Conv(nn.Module):
   padding: PaddingLike = 0
   use_bias: bool = True
   feature_group_count: int = 1
+  spectral_norm: bool = False
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   precision: lax.PrecisionLike = None
 
   @nn.compact
-  def __call__(self, inputs: jax.Array) -> jax.Array:
+  def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
+    """``train`` matters only with ``spectral_norm`` (power iteration, ``batch_stats`` update)."""
     kernel_size = (
       (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
     )
@@ -111,6 +145,8 @@ class Conv(nn.Module):
       )
     kernel_shape = (*kernel_size, in_features // self.feature_group_count, self.features)
     kernel = self.param("kernel", torch_default_kernel_init, kernel_shape, self.param_dtype)
+    if self.spectral_norm:
+      kernel = _spectral_normalize(self, kernel, train)
     bias = None
     if self.use_bias:
       fan_in = math.prod(kernel_shape[:-1])
@@ -145,12 +181,15 @@ class Dense(nn.Module):
   precision: lax.PrecisionLike = None
   kernel_init: nn.initializers.Initializer | None = None
   bias_init: nn.initializers.Initializer | None = None
+  spectral_norm: bool = False
 
   @nn.compact
-  def __call__(self, inputs: jax.Array) -> jax.Array:
+  def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
     in_features = inputs.shape[-1]
     kernel_init = self.kernel_init or torch_default_kernel_init
     kernel = self.param("kernel", kernel_init, (in_features, self.features), self.param_dtype)
+    if self.spectral_norm:
+      kernel = _spectral_normalize(self, kernel, train)
     bias = None
     if self.use_bias:
       bias_init = self.bias_init or _torch_default_bias_init(in_features)
@@ -240,3 +279,26 @@ def max_pool(
   """PyTorch MaxPool: symmetric padding with -inf (e.g. window (3, 3), strides (2, 2), padding 1)."""
   pads = tuple((padding, padding) for _ in window)
   return nn.max_pool(inputs, tuple(window), strides=tuple(strides), padding=pads)
+
+
+class InstanceNorm(nn.Module):
+  """PyTorch ``InstanceNorm2d``: per-sample, per-channel statistics over the spatial axes (biased
+  variance, eps 1e-5); ``affine`` adds ``scale`` and ``bias`` params. No running statistics."""
+
+  affine: bool = False
+  epsilon: float = 1e-5
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    values = inputs.astype(jnp.promote_types(inputs.dtype, jnp.float32))
+    axes = tuple(range(1, inputs.ndim - 1))
+    mean = jnp.mean(values, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(values - mean), axis=axes, keepdims=True)
+    outputs = (values - mean) * lax.rsqrt(var + self.epsilon)
+    if self.affine:
+      features = inputs.shape[-1]
+      outputs = outputs * self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+      outputs = outputs + self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+    return outputs.astype(self.dtype or inputs.dtype)

@@ -488,3 +488,350 @@ class ResBlock(nn.Module):
   def forward(self, x):
     out = self.conv1(F.relu(self.norm1(x)))
     return self.conv2(F.relu(self.norm2(out))) + x
+
+
+# ---- Networks II: generators, discriminator, perceptual networks, expression VAE ----
+
+SN = nn.utils.spectral_norm
+
+
+class AppearanceFront(nn.Module):
+  """first, down_blocks, second, resblocks_3d, dense motion, third, fourth (architecture.md 7.1-7.3)."""
+
+  def __init__(
+    self,
+    block_expansion=64,
+    max_features=512,
+    num_down_blocks=2,
+    reshape_channel=32,
+    reshape_depth=16,
+    num_resblocks=6,
+    first_kernel=7,
+    num_kp=15,
+    dense_motion=None,
+  ):
+    super().__init__()
+    self.first = SameBlock2d(3, block_expansion, first_kernel, first_kernel // 2)
+    self.down_blocks = nn.ModuleList(
+      DownBlock2d(
+        min(max_features, block_expansion * 2**i), min(max_features, block_expansion * 2 ** (i + 1))
+      )
+      for i in range(num_down_blocks)
+    )
+    out_features = block_expansion * 2**num_down_blocks
+    self.second = nn.Conv2d(out_features, max_features, 1)
+    self.resblocks_3d = nn.Sequential()
+    for i in range(num_resblocks):
+      self.resblocks_3d.add_module(f"3dr{i}", ResBlock(reshape_channel, 3))
+    self.dense_motion_network = DenseMotionNetwork(
+      num_kp=num_kp,
+      feature_channel=reshape_channel,
+      reshape_depth=reshape_depth,
+      **(dense_motion or {}),
+    )
+    self.third = SameBlock2d(max_features, out_features, 3, 1, lrelu=True)
+    self.fourth = nn.Conv2d(out_features, out_features, 1)
+    self.reshape_channel, self.reshape_depth = reshape_channel, reshape_depth
+
+  def front(self, source, kp_source, kp_driving):
+    out = self.first(source)
+    for block in self.down_blocks:
+      out = block(out)
+    out = self.second(out)
+    bs, _, h, w = out.shape
+    feature_3d = self.resblocks_3d(out.view(bs, self.reshape_channel, self.reshape_depth, h, w))
+    motion = self.dense_motion_network(feature_3d, kp_driving, kp_source)
+    out = F.grid_sample(feature_3d, motion["deformation"], align_corners=False)
+    bs, c, d, h, w = out.shape
+    out = self.fourth(self.third(out.view(bs, c * d, h, w)))
+    return out * motion["occlusion_map"], motion
+
+
+class OcclusionAwareGenerator(AppearanceFront):
+  def __init__(self, block_expansion=64, num_down_blocks=2, num_resblocks=6, **kwargs):
+    super().__init__(
+      block_expansion=block_expansion,
+      num_down_blocks=num_down_blocks,
+      num_resblocks=num_resblocks,
+      **kwargs,
+    )
+    out_features = block_expansion * 2**num_down_blocks
+    self.resblocks_2d = nn.Sequential()
+    for i in range(num_resblocks):
+      self.resblocks_2d.add_module(f"2dr{i}", ResBlock(out_features, 2))
+    self.up_blocks = nn.ModuleList(
+      UpBlock2d(
+        max(block_expansion, block_expansion * 2 ** (num_down_blocks - i)),
+        max(block_expansion, block_expansion * 2 ** (num_down_blocks - i - 1)),
+      )
+      for i in range(num_down_blocks)
+    )
+    self.final = nn.Conv2d(block_expansion, 3, 7, padding=3)
+
+  def forward(self, source, kp_source, kp_driving):
+    out, motion = self.front(source, kp_source, kp_driving)
+    out = self.resblocks_2d(out)
+    for block in self.up_blocks:
+      out = block(out)
+    return dict(motion, prediction=torch.sigmoid(self.final(out)))
+
+
+class SPADE(nn.Module):
+  def __init__(self, norm_nc, label_nc, hidden=128):
+    super().__init__()
+    self.param_free_norm = nn.InstanceNorm2d(norm_nc, affine=False)
+    self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, 3, padding=1), nn.ReLU())
+    self.mlp_gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
+    self.mlp_beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
+
+  def forward(self, x, segmap):
+    normalized = self.param_free_norm(x)
+    segmap = F.interpolate(segmap, size=x.size()[2:], mode="nearest")
+    actv = self.mlp_shared(segmap)
+    return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+
+
+class SPADEResnetBlock(nn.Module):
+  def __init__(self, fin, fout, label_nc):
+    super().__init__()
+    self.learned_shortcut = fin != fout
+    fmiddle = min(fin, fout)
+    self.conv_0 = SN(nn.Conv2d(fin, fmiddle, 3, padding=1))
+    self.conv_1 = SN(nn.Conv2d(fmiddle, fout, 3, padding=1))
+    if self.learned_shortcut:
+      self.conv_s = SN(nn.Conv2d(fin, fout, 1, bias=False))
+      self.norm_s = SPADE(fin, label_nc)
+    self.norm_0 = SPADE(fin, label_nc)
+    self.norm_1 = SPADE(fmiddle, label_nc)
+
+  def forward(self, x, seg):
+    x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
+    dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
+    dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
+    return x_s + dx
+
+
+class SPADEDecoder(nn.Module):
+  def __init__(self, ic=256, oc=64, num_middle=6):
+    super().__init__()
+    self.fc = nn.Conv2d(ic, 2 * ic, 3, padding=1)
+    for i in range(num_middle):
+      setattr(self, f"G_middle_{i}", SPADEResnetBlock(2 * ic, 2 * ic, ic))
+    self.num_middle = num_middle
+    self.up_0 = SPADEResnetBlock(2 * ic, ic, ic)
+    self.up_1 = SPADEResnetBlock(ic, oc, ic)
+    self.conv_img = nn.Conv2d(oc, 3, 3, padding=1)
+
+  def forward(self, feature):
+    seg = feature
+    x = self.fc(feature)
+    for i in range(self.num_middle):
+      x = getattr(self, f"G_middle_{i}")(x, seg)
+    x = self.up_0(F.interpolate(x, scale_factor=2), seg)
+    x = self.up_1(F.interpolate(x, scale_factor=2), seg)
+    return torch.sigmoid(self.conv_img(F.leaky_relu(x, 0.2)))
+
+
+class SPADEGenerator(AppearanceFront):
+  def __init__(self, block_expansion=64, num_down_blocks=2, **kwargs):
+    super().__init__(
+      block_expansion=block_expansion, num_down_blocks=num_down_blocks, first_kernel=3, **kwargs
+    )
+    self.decoder = SPADEDecoder(ic=block_expansion * 2**num_down_blocks, oc=block_expansion)
+
+  def forward(self, source, kp_source, kp_driving):
+    out, motion = self.front(source, kp_source, kp_driving)
+    return dict(motion, prediction=self.decoder(out))
+
+
+class MultiScaleGenerator(AppearanceFront):
+  """mmfa_delta 6 table, written from the table."""
+
+  def __init__(self, block_expansion=64, num_down_blocks=2, num_resblocks=6, **kwargs):
+    super().__init__(
+      block_expansion=block_expansion,
+      num_down_blocks=num_down_blocks,
+      num_resblocks=num_resblocks,
+      **kwargs,
+    )
+    n = num_down_blocks
+    width = block_expansion * 2**n
+    self.resblocks_2d = nn.Sequential()
+    for i in range(num_resblocks):
+      self.resblocks_2d.add_module(f"2dr{i}", ResBlock(width, 2))
+    self.up_blocks = nn.ModuleList()
+    for i in range(n):
+      out = max(block_expansion, block_expansion * 2 ** (n - i - 1))
+      self.up_blocks.append(UpBlock2d(width + 3, out))
+      setattr(self, f"to_image_{i}", nn.Conv2d(width, 3, 3, padding=1))
+      stage = nn.Sequential()
+      stage.add_module("2dr0", ResBlock(out, 2))
+      setattr(self, f"stage_resblocks_up{i + 1}", stage)
+      width = out
+    self.final = nn.Conv2d(width, 3, 7, padding=3)
+    self.n = n
+
+  def forward(self, source, kp_source, kp_driving):
+    x, motion = self.front(source, kp_source, kp_driving)
+    x = self.resblocks_2d(x)
+    predictions = {}
+    for stage in range(self.n + 1):
+      if stage > 0:
+        x = getattr(self, f"stage_resblocks_up{stage}")(x)
+      head = self.final if stage == self.n else getattr(self, f"to_image_{stage}")
+      image = torch.sigmoid(head(x))
+      predictions[image.shape[-1]] = image
+      if stage < self.n:
+        x = self.up_blocks[stage](torch.cat([x, image], dim=1))
+    return dict(motion, prediction=image, predictions=predictions)
+
+
+class DiscriminatorBlock(nn.Module):
+  def __init__(self, cin, cout, norm, pool):
+    super().__init__()
+    self.conv = SN(nn.Conv2d(cin, cout, 4))
+    self.norm = nn.InstanceNorm2d(cout, affine=True) if norm else None
+    self.pool = pool
+
+  def forward(self, x):
+    out = self.conv(x)
+    if self.norm is not None:
+      out = self.norm(out)
+    out = F.leaky_relu(out, 0.2)
+    return F.avg_pool2d(out, (2, 2)) if self.pool else out
+
+
+class Discriminator(nn.Module):
+  def __init__(self, block_expansion=32, num_blocks=4, max_features=512):
+    super().__init__()
+    self.down_blocks = nn.ModuleList(
+      DiscriminatorBlock(
+        3 if i == 0 else min(max_features, block_expansion * 2**i),
+        min(max_features, block_expansion * 2 ** (i + 1)),
+        norm=i != 0,
+        pool=i != num_blocks - 1,
+      )
+      for i in range(num_blocks)
+    )
+    self.conv = SN(nn.Conv2d(min(max_features, block_expansion * 2**num_blocks), 1, 1))
+
+  def forward(self, x):
+    feature_maps = []
+    for block in self.down_blocks:
+      x = block(x)
+      feature_maps.append(x)
+    return feature_maps, self.conv(x)
+
+
+class MultiScaleDiscriminator(nn.Module):
+  def __init__(self, scales=(1,), **kwargs):
+    super().__init__()
+    self.discs = nn.ModuleDict({str(s).replace(".", "-"): Discriminator(**kwargs) for s in scales})
+
+  def forward(self, images):
+    return {key: disc(images[key]) for key, disc in self.discs.items()}
+
+
+def vgg19_features():
+  """torchvision vgg19().features layout up to relu5_1 (index 29)."""
+  layers, cin = [], 3
+  for block, count in enumerate((2, 2, 4, 4, 1)):
+    if block > 0:
+      layers.append(nn.MaxPool2d(2, 2))
+    width = (64, 128, 256, 512, 512)[block]
+    for _ in range(count):
+      layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU()]
+      cin = width
+  return nn.Sequential(*layers)
+
+
+class VGG19(nn.Module):
+  TAPS = (1, 6, 11, 20, 29)
+
+  def __init__(self):
+    super().__init__()
+    self.features = vgg19_features()
+    self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+    self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+  def forward(self, x):
+    x = (x - self.mean) / self.std
+    taps = []
+    for index, layer in enumerate(self.features):
+      x = layer(x)
+      if index in self.TAPS:
+        taps.append(x)
+    return taps
+
+
+class VGGFaceDag(nn.Module):
+  """vgg_face_dag layout (architecture.md 11.2): named convs and fc6-8."""
+
+  def __init__(self):
+    super().__init__()
+    cin = 3
+    for block, count in enumerate((2, 2, 3, 3, 3), start=1):
+      width = (64, 128, 256, 512, 512)[block - 1]
+      for j in range(1, count + 1):
+        setattr(self, f"conv{block}_{j}", nn.Conv2d(cin, width, 3, padding=1))
+        cin = width
+    self.fc6 = nn.Linear(25088, 4096)
+    self.fc7 = nn.Linear(4096, 4096)
+    self.fc8 = nn.Linear(4096, 2622)
+
+  def forward(self, x):
+    x = x * 255 - torch.tensor([129.186279296875, 104.76238250732422, 93.59396362304688]).view(
+      1, 3, 1, 1
+    )
+    taps = []
+    for block, count in enumerate((2, 2, 3, 3, 1), start=1):
+      if block > 1:
+        x = F.max_pool2d(x, 2, 2)
+      for j in range(1, count + 1):
+        x = F.relu(getattr(self, f"conv{block}_{j}")(x))
+        if j == 1:
+          taps.append(x)
+    return taps
+
+
+class MLP(nn.Module):
+  def __init__(self, sizes, spectral=False):
+    super().__init__()
+    wrap = SN if spectral else (lambda m: m)
+    for i in range(len(sizes) - 2):
+      setattr(self, f"hidden_{i}", wrap(nn.Linear(sizes[i], sizes[i + 1])))
+    self.out = wrap(nn.Linear(sizes[-2], sizes[-1]))
+    self.num_hidden = len(sizes) - 2
+
+  def forward(self, x):
+    for i in range(self.num_hidden):
+      x = F.leaky_relu(getattr(self, f"hidden_{i}")(x), 0.2)
+    return self.out(x)
+
+
+class ExpressionVAE(nn.Module):
+  def __init__(self, feature_dim=128, latent_dim=32, hidden=(256, 256)):
+    super().__init__()
+    self.encoder = MLP((feature_dim, *hidden, 2 * latent_dim))
+    self.decoder = MLP((latent_dim, *hidden, feature_dim))
+    self.latent_dim = latent_dim
+
+  def forward(self, features, noise):
+    stats = self.encoder(features)
+    mean, log_var = stats[:, : self.latent_dim], stats[:, self.latent_dim :]
+    latent = mean + torch.exp(0.5 * log_var) * noise
+    return {
+      "mean": mean,
+      "log_var": log_var,
+      "latent": latent,
+      "reconstruction": self.decoder(latent),
+    }
+
+
+def settle_spectral_norm(module: nn.Module, *inputs, steps: int = 5) -> nn.Module:
+  """Runs training-mode forwards so every spectral norm's u, v come from power iterations."""
+  module.train()
+  with torch.no_grad():
+    for _ in range(steps):
+      module(*inputs)
+  return module

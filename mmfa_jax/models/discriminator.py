@@ -19,8 +19,10 @@ Dtype = Any
 
 
 def scale_name(scale: float) -> str:
-  """The reference's ModuleDict key for a scale: ``str(scale).replace('.', '-')`` (1 -> '1')."""
-  return str(scale).replace(".", "-")
+  """The reference's ModuleDict key for a scale: ``str(scale).replace('.', '-')`` of the YAML value
+  (whole scales are integers there: 1 -> '1', 0.5 -> '0-5')."""
+  scale = float(scale)
+  return str(int(scale)) if scale.is_integer() else str(scale).replace(".", "-")
 
 
 class DiscriminatorBlock(nn.Module):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch_twins
+from model_helpers import random_variables
 from torch_oracles import rotation_matrix_t, to_channels_first
 
 from mmfa_jax.models import (
@@ -295,24 +296,25 @@ def test_one_source_encoding_drives_many_frames():
   source = rng.random((1, 64, 64, 3), dtype=np.float32)
   driving = rng.random((3, 64, 64, 3), dtype=np.float32)
   model = _face_vid2vid_model()
-  variables = model.init(jax.random.key(0), source, source)
-  state = jax.jit(lambda v, s: model.apply(v, s, method=AnimationModel.encode_source))(
-    variables, source
-  )
-  batched = jax.jit(lambda v, st, d: model.apply(v, st, d, method=AnimationModel.animate))(
-    variables, state, driving
-  )
+  variables = random_variables(model, source, source)
+
+  @jax.jit
+  def from_one_encoding(variables, source, driving):
+    state = model.apply(variables, source, method=AnimationModel.encode_source)
+    return model.apply(variables, state, driving, method=AnimationModel.animate), state
+
+  batched, state = from_one_encoding(variables, source, driving)
+  pairs = jax.jit(model.apply)(variables, np.repeat(source, 3, axis=0), driving)  # 3 separate pairs
   assert batched["prediction"].shape == (3, 64, 64, 3)
-  for i in range(3):
-    single = model.apply(variables, source, driving[i : i + 1])
-    _close(batched["prediction"][i], single["prediction"][0], atol=1e-5)
-    _close(batched["kp_driving"][i], single["kp_driving"][0], atol=1e-5)
+  _close(batched["prediction"], pairs["prediction"], atol=1e-5)
+  _close(batched["kp_driving"], pairs["kp_driving"], atol=1e-5)
   with pytest.raises(ValueError, match="cannot drive"):
-    model.apply(
+    doubled = jax.tree.map(lambda x: jnp.concatenate([x, x]), state)
+    jax.eval_shape(
+      lambda v, st, d: model.apply(v, st, d, method=AnimationModel.animate),
       variables,
-      jax.tree.map(lambda x: jnp.concatenate([x, x]), state),
+      doubled,
       driving,
-      method=AnimationModel.animate,
     )
 
 
@@ -333,7 +335,7 @@ def test_whole_mmfa_model_bfloat16_close_to_float32():
     ),
     generator=dict(GEN, dense_motion=DENSE),
   )
-  variables = AnimationModel(**kwargs).init(jax.random.key(0), source, driving)
+  variables = random_variables(AnimationModel(**kwargs), source, driving)
   full = jax.jit(AnimationModel(**kwargs).apply)(variables, source, driving)
   half = jax.jit(AnimationModel(**kwargs, dtype=jnp.bfloat16).apply)(variables, source, driving)
   assert sorted(full["predictions"]) == [16, 32, 64]

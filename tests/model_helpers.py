@@ -1,0 +1,59 @@
+"""Random model variables without running ``init`` (which compiles or dispatches every layer and is
+slow on a 2-core CPU): shapes from ``jax.eval_shape``, values drawn with numpy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def random_variables(module: Any, *args: Any, seed: int = 0) -> dict[str, Any]:
+  """PyTorch-default-like random params, non-trivial BatchNorm statistics, and spectral-norm
+  vectors set to the kernel's leading singular vectors (what power iteration converges to)."""
+  template = jax.eval_shape(lambda key, *a: module.init(key, *a), jax.random.key(0), *args)
+  rng = np.random.default_rng(seed)
+  params = jax.tree_util.tree_map_with_path(
+    lambda path, leaf: _param(rng, path, leaf), template["params"]
+  )
+  variables = {"params": params}
+  if "batch_stats" in template:
+    variables["batch_stats"] = _stats(rng, template["batch_stats"], params)
+  return variables
+
+
+def _name(path: Any) -> str:
+  return str(path[-1].key)
+
+
+def _param(rng: np.random.Generator, path: Any, leaf: Any) -> np.ndarray:
+  shape, name = leaf.shape, _name(path)
+  if name == "kernel":
+    bound = 1 / math.sqrt(max(1, math.prod(shape[:-1])))
+    return rng.uniform(-bound, bound, shape).astype(np.float32)
+  if name == "scale":
+    return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+  return rng.normal(0, 0.1, shape).astype(np.float32)
+
+
+def _stats(rng: np.random.Generator, stats: dict, params: dict) -> dict:
+  out = {}
+  for name, value in stats.items():
+    if isinstance(value, dict):
+      out[name] = _stats(rng, value, params.get(name, {}) if isinstance(params, dict) else {})
+    elif name == "mean":
+      out[name] = rng.normal(0, 0.1, value.shape).astype(np.float32)
+    elif name == "var":
+      out[name] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
+    elif name in ("u", "v"):
+      kernel = np.asarray(params["kernel"])
+      matrix = (
+        np.moveaxis(kernel, (-1, -2), (0, 1)).reshape(kernel.shape[-1], -1)
+        if kernel.ndim > 2
+        else kernel.T
+      )
+      left, _, right = np.linalg.svd(matrix, full_matrices=False)
+      out[name] = (left[:, 0] if name == "u" else right[0]).astype(np.float32)
+  return out

@@ -7,11 +7,11 @@ import numpy as np
 
 from configs import vox
 from mmfa_jax.models import DenseMotionNetwork, KPDetector, motion_estimator_from_config
-from mmfa_jax.models.summary import REFERENCE_PARAM_COUNTS, summarise_motion_networks
+from mmfa_jax.models.summary import REFERENCE_PARAM_COUNTS, summarise_networks
 
 
 def test_vox256_param_counts_and_shapes():
-  summary = summarise_motion_networks(vox.get_config(), batch=2)
+  summary = summarise_networks(vox.get_config(), batch=2)
   for name, count in REFERENCE_PARAM_COUNTS.items():
     assert summary[name]["params"] == count, name
   shapes = {name: info["outputs"] for name, info in summary.items()}
@@ -28,6 +28,20 @@ def test_vox256_param_counts_and_shapes():
   chex.assert_equal(dense["mask"], (2, 16, 64, 64, 16))
   chex.assert_equal(dense["occlusion_map"], (2, 64, 64, 1))
   chex.assert_equal(dense["sparse_motion"], (2, 16, 16, 64, 64, 3))
+  for kind in ("original", "spade", "multiscale"):
+    chex.assert_equal(shapes[f"{kind}_generator"]["prediction"], (2, 256, 256, 3))
+  chex.assert_equal(
+    shapes["multiscale_generator"]["predictions"],
+    {64: (2, 64, 64, 3), 128: (2, 128, 128, 3), 256: (2, 256, 256, 3)},
+  )
+  features, prediction = shapes["discriminator"][1.0]
+  chex.assert_equal(
+    features, [(2, 126, 126, 64), (2, 61, 61, 128), (2, 29, 29, 256), (2, 26, 26, 512)]
+  )
+  chex.assert_equal(prediction, (2, 26, 26, 1))
+  for net in ("vgg19", "vggface"):
+    chex.assert_equal([s[-1] for s in shapes[net]], [64, 128, 256, 512, 512])
+  chex.assert_equal(shapes["expression_vae"]["reconstruction"], (2, 128))
 
 
 def test_motion_estimator_shapes_at_vox256():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from absl import app
 from ml_collections import config_flags
 
-from mmfa_jax.models.summary import REFERENCE_PARAM_COUNTS, summarise_motion_networks
+from mmfa_jax.models.summary import REFERENCE_PARAM_COUNTS, summarise_networks
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file.", lock_config=True
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/vox.py")
-  summary = summarise_motion_networks(config)
+  summary = summarise_networks(config)
   print(
     f"{'network':<20} {'params':>12} {'reference':>12}  outputs (batch 1, {config.image_size} px)"
   )

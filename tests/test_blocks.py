@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-import torch_twins
 from torch_oracles import to_channels_first, to_channels_last
 
 from mmfa_jax.models.blocks import (
@@ -16,6 +15,7 @@ from mmfa_jax.models.blocks import (
   channels_to_depth,
   depth_to_channels,
 )
+from pretrained_converters import torch_reference as torch_twins
 from pretrained_converters.common import convert_state_dict
 
 torch.manual_seed(0)

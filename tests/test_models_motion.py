@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-import torch_twins
 from torch_oracles import to_channels_first
 
 from mmfa_jax.models.blocks import ResBottleneck
@@ -12,6 +11,7 @@ from mmfa_jax.models.he_estimator import HEEstimator
 from mmfa_jax.models.keypoint_detector import KPDetector
 from pretrained_converters import he_estimator as he_converter
 from pretrained_converters import keypoint_detector as kp_converter
+from pretrained_converters import torch_reference as torch_twins
 from pretrained_converters.common import CheckpointError, convert_state_dict
 
 torch.manual_seed(0)

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-import torch_twins
 from torch_oracles import rotation_matrix_t, to_channels_first
 
 from mmfa_jax.models import (
@@ -22,6 +21,7 @@ from pretrained_converters import he_estimator as he_converter
 from pretrained_converters import hopenet as hopenet_converter
 from pretrained_converters import keypoint_detector as kp_converter
 from pretrained_converters import motion as motion_converter
+from pretrained_converters import torch_reference as torch_twins
 
 torch.manual_seed(0)
 

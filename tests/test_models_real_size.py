@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-import torch_twins
 from torch_oracles import to_channels_first
 
 from configs import vox
@@ -13,6 +12,7 @@ from mmfa_jax.models.summary import REFERENCE_PARAM_COUNTS
 from pretrained_converters import he_estimator as he_converter
 from pretrained_converters import keypoint_detector as kp_converter
 from pretrained_converters import motion as motion_converter
+from pretrained_converters import torch_reference as torch_twins
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch_twins
 from model_helpers import random_variables
 from torch_oracles import rotation_matrix_t, to_channels_first
 
@@ -24,6 +23,7 @@ from pretrained_converters import he_estimator as he_converter
 from pretrained_converters import keypoint_detector as kp_converter
 from pretrained_converters import motion as motion_converter
 from pretrained_converters import synthesis
+from pretrained_converters import torch_reference as torch_twins
 
 torch.manual_seed(0)
 

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pretrained_converters.torch_reference import antialias_t
+
 
 def to_channels_first(array: np.ndarray) -> torch.Tensor:
   """(B, *spatial, C) numpy -> (B, C, *spatial) torch tensor."""
@@ -34,25 +36,6 @@ def grid_sample_with_grads(
   )
   (output * to_channels_first(cotangent)).sum().backward()
   return to_channels_last(output), to_channels_last(inputs_t.grad), grid_t.grad.numpy()
-
-
-def antialias_t(x: torch.Tensor, scale: float) -> torch.Tensor:
-  """The reference's AntiAliasInterpolation2d steps (architecture.md 2.9) on an NCHW tensor."""
-  if scale == 1:
-    return x
-  channels = x.shape[1]
-  sigma = (1 / scale - 1) / 2
-  size = 2 * round(sigma * 4) + 1
-  coords = torch.arange(size, dtype=torch.float32)
-  rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-  kernel = torch.ones(size, size)
-  for grid in (rows, cols):
-    kernel = kernel * torch.exp(-((grid - (size - 1) / 2) ** 2) / (2 * sigma**2))
-  kernel = (kernel / kernel.sum()).view(1, 1, size, size).repeat(channels, 1, 1, 1)
-  half = size // 2
-  out = F.conv2d(F.pad(x, (half, half, half, half)), kernel.to(x.dtype), groups=channels)
-  step = int(1 / scale)
-  return out[:, :, ::step, ::step]
 
 
 def torch_antialias(images: np.ndarray, scale: float) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""PyTorch twins of the reference networks, written from architecture.md (plain torch.nn).
+"""PyTorch definitions of the reference networks, written from architecture.md (plain torch.nn,
+no torchvision), used as the independent oracle for the Flax ports: by the tests and by
+``tools/convert_torch_weights.py --verify``.
 
-Attribute names reproduce the reference's state_dict keys. Widths are parameters so tests can run
-reduced sizes; the defaults are vox-256's. BatchNorm is torch's (SyncBN falls back to it on one
-device).
+Attribute names reproduce the upstream state_dict keys, so ``load_state_dict`` takes the upstream
+files. Widths are parameters so tests can run reduced sizes; the defaults are vox-256's. BatchNorm
+is torch's (the reference's SyncBN falls back to it on one device). Needs the ``convert`` extra.
 """
 
 from __future__ import annotations
@@ -10,7 +12,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_oracles import antialias_t
+
+
+def antialias_t(x: torch.Tensor, scale: float) -> torch.Tensor:
+  """The reference's AntiAliasInterpolation2d steps (architecture.md 2.9) on an NCHW tensor."""
+  if scale == 1:
+    return x
+  channels = x.shape[1]
+  sigma = (1 / scale - 1) / 2
+  size = 2 * round(sigma * 4) + 1
+  coords = torch.arange(size, dtype=torch.float32)
+  rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+  kernel = torch.ones(size, size)
+  for grid in (rows, cols):
+    kernel = kernel * torch.exp(-((grid - (size - 1) / 2) ** 2) / (2 * sigma**2))
+  kernel = (kernel / kernel.sum()).view(1, 1, size, size).repeat(channels, 1, 1, 1)
+  half = size // 2
+  out = F.conv2d(F.pad(x, (half, half, half, half)), kernel.to(x.dtype), groups=channels)
+  step = int(1 / scale)
+  return out[:, :, ::step, ::step]
 
 
 def coordinate_grid_3d(depth: int, height: int, width: int) -> torch.Tensor:

@@ -69,6 +69,15 @@ def get_config() -> ml_collections.ConfigDict:
     dict(feature_dim=128, latent_dim=32, hidden=(256, 256))
   )
 
+  # Converted frozen networks (tools/convert_torch_weights.py): directories, required for training.
+  config.pretrained = ml_collections.ConfigDict(
+    dict(
+      hopenet=ml_collections.config_dict.placeholder(str),
+      vgg19=ml_collections.config_dict.placeholder(str),
+      vggface=ml_collections.config_dict.placeholder(str),
+    )
+  )
+
   # Random TPS warp of the equivariance loss (architecture.md 9.2) and perceptual pyramid scales.
   config.transform = ml_collections.ConfigDict(
     dict(sigma_affine=0.05, sigma_tps=0.005, points_tps=5)

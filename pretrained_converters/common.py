@@ -25,41 +25,74 @@ class CheckpointError(ValueError):
   """A weights file that cannot be read or does not hold what a converter needs."""
 
 
-def load_torch_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
-  """Reads a PyTorch ``.pth``/``.pth.tar``/``.pkl`` file safely into ``{name: float32 ndarray}``.
+def read_weights_file(path: str | os.PathLike) -> Mapping[str, Any]:
+  """Reads a weights file without executing code from it.
 
-  Args:
-    path: the file.
-    key: for a checkpoint dict holding several modules (e.g. ``'kp_detector'``), the entry to read;
-      a leading ``module.`` (DataParallel) is stripped from names.
+  ``.safetensors`` (safetensors' numpy reader) and ``.npz`` (``allow_pickle=False``) give flat
+  ``{name: ndarray}``; anything else (``.pth``, ``.pth.tar``, ``.pkl``, ``.pt``) goes through
+  ``torch.load(..., weights_only=True)``, which may give nested dicts (training checkpoints).
 
   Raises:
-    CheckpointError: naming the file and the problem (missing, not a torch file, refused by the
-      safe loader, missing key, not a state_dict).
+    CheckpointError: naming the file and the problem (missing, unreadable, truncated, refused by
+      the safe loader because it needs code execution, not a mapping).
   """
-  import torch  # optional dependency: the `convert` extra
-
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no such file")
   try:
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as error:  # torch raises several types for bad files
-    raise CheckpointError(f"{path}: cannot be read as a PyTorch weights file ({error})") from error
-  if key is not None:
-    if not isinstance(loaded, Mapping) or key not in loaded:
-      found = sorted(loaded) if isinstance(loaded, Mapping) else type(loaded).__name__
-      raise CheckpointError(f"{path}: has no entry {key!r} (found {found})")
-    loaded = loaded[key]
+    if path.endswith(".safetensors"):
+      from safetensors.numpy import load_file
+
+      loaded = load_file(path)
+    elif path.endswith(".npz"):
+      with np.load(path, allow_pickle=False) as archive:
+        loaded = {name: archive[name] for name in archive.files}
+    else:
+      import torch  # optional dependency: the `convert` extra
+
+      loaded = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as error:  # each reader raises its own types for bad files
+    raise CheckpointError(
+      f"{path}: cannot be read as a weights file ({type(error).__name__}: {error})"
+    ) from error
   if not isinstance(loaded, Mapping):
     raise CheckpointError(f"{path}: expected a state_dict (a mapping), got {type(loaded).__name__}")
+  return loaded
+
+
+def state_dict_entry(
+  loaded: Mapping[str, Any], path: str | os.PathLike, key: str | None = None
+) -> dict[str, np.ndarray]:
+  """``{name: float32 ndarray}`` from what ``read_weights_file`` gave.
+
+  With ``key`` (e.g. ``'kp_detector'`` of a training checkpoint): the nested entry, or, in a flat
+  file, the names under ``'{key}.'``. A leading ``module.`` (DataParallel) is stripped.
+  """
+  path = os.fspath(path)
+  if key is not None:
+    if key in loaded and isinstance(loaded[key], Mapping):
+      loaded = loaded[key]
+    else:
+      flat = {
+        name[len(key) + 1 :]: value for name, value in loaded.items() if name.startswith(f"{key}.")
+      }
+      if not flat:
+        raise CheckpointError(f"{path}: has no entry {key!r} (found {sorted(loaded)[:12]})")
+      loaded = flat
   state_dict = {}
   for name, value in loaded.items():
-    if not isinstance(value, torch.Tensor):
+    if hasattr(value, "detach"):  # a torch tensor
+      value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
       raise CheckpointError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor")
     clean = name[len("module.") :] if name.startswith("module.") else name
-    state_dict[clean] = value.detach().cpu().numpy()
+    state_dict[clean] = value
   return state_dict
+
+
+def load_torch_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+  """``state_dict_entry(read_weights_file(path), path, key)``: one file, one state_dict."""
+  return state_dict_entry(read_weights_file(path), path, key)
 
 
 def conv_kernel(weight: Any) -> np.ndarray:
@@ -145,6 +178,7 @@ def convert_state_dict(
   torch_prefix: Callable[[tuple[str, ...]], str] = default_torch_prefix,
   ignore: Sequence[str] = (r"(^|\.)num_batches_tracked$",),
   source: str = "state_dict",
+  report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Fills a Flax variables template (``{'params': ..., 'batch_stats': ...}``) from a state_dict.
 
@@ -152,6 +186,9 @@ def convert_state_dict(
   ``torch_prefix(module_path) + '.' + {weight|bias|running_mean|running_var}``; conv and linear
   weights are transposed to Flax layout. Template leaves only need ``.shape`` (arrays or
   ``jax.ShapeDtypeStruct`` from ``jax.eval_shape``).
+
+  If ``report`` is a dict, it receives ``tensors`` (number mapped), ``parameters`` (their size)
+  and ``ignored`` (file keys left unused by an ``ignore`` rule).
 
   Raises:
     CheckpointError: one message naming every missing key, every shape mismatch and every
@@ -192,6 +229,10 @@ def convert_state_dict(
     problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(sorted(unexpected))}")
   if problems:
     raise CheckpointError(f"{source}: " + " | ".join(problems))
+  if report is not None:
+    report["tensors"] = len(used)
+    report["parameters"] = sum(int(np.asarray(state_dict[k]).size) for k in used)
+    report["ignored"] = sorted(k for k in state_dict if k not in used)
   return converted
 
 

@@ -23,7 +23,12 @@ def torch_prefix(module_path: tuple[str, ...]) -> str:
 
 
 def convert(
-  state_dict: Mapping[str, Any], template: Mapping[str, Any], source: str = "he_estimator"
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  source: str = "he_estimator",
+  report: dict | None = None,
 ) -> dict:
   """Returns ``{'params', 'batch_stats'}`` for ``HEEstimator`` shaped like ``template``."""
-  return convert_state_dict(state_dict, template, torch_prefix=torch_prefix, source=source)
+  return convert_state_dict(
+    state_dict, template, torch_prefix=torch_prefix, source=source, report=report
+  )

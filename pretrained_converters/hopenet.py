@@ -25,7 +25,10 @@ def torch_prefix(module_path: tuple[str, ...]) -> str:
 
 
 def convert(
-  state_dict: Mapping[str, Any], template: Mapping[str, Any], source: str = "hopenet"
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  source: str = "hopenet",
+  report: dict | None = None,
 ) -> dict:
   """Returns ``{'params', 'batch_stats'}`` for ``Hopenet`` shaped like ``template``."""
   return convert_state_dict(
@@ -34,4 +37,5 @@ def convert(
     torch_prefix=torch_prefix,
     ignore=(r"(^|\.)num_batches_tracked$", r"^fc_finetune\."),
     source=source,
+    report=report,
   )

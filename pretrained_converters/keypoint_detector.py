@@ -23,7 +23,10 @@ def torch_prefix(module_path: tuple[str, ...]) -> str:
 
 
 def convert(
-  state_dict: Mapping[str, Any], template: Mapping[str, Any], source: str = "kp_detector"
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  source: str = "kp_detector",
+  report: dict | None = None,
 ) -> dict:
   """Returns ``{'params', 'batch_stats'}`` for ``KPDetector`` shaped like ``template``."""
   return convert_state_dict(
@@ -32,4 +35,5 @@ def convert(
     torch_prefix=torch_prefix,
     ignore=(r"(^|\.)num_batches_tracked$", r"^down\.weight$"),
     source=source,
+    report=report,
   )

@@ -19,16 +19,24 @@ def _strip_trunk(module_path: tuple[str, ...]) -> str:
 
 
 def convert_scale_translation(
-  state_dict: Mapping[str, Any], template: Mapping[str, Any], source: str = "scale_translation"
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  source: str = "scale_translation",
+  report: dict | None = None,
 ) -> dict:
-  return convert_state_dict(state_dict, template, torch_prefix=_strip_trunk, source=source)
+  return convert_state_dict(
+    state_dict, template, torch_prefix=_strip_trunk, source=source, report=report
+  )
 
 
 def convert_by_name(
-  state_dict: Mapping[str, Any], template: Mapping[str, Any], source: str
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  source: str,
+  report: dict | None = None,
 ) -> dict:
   """ExpressionEncoder, ExpressionDecoder, DenseMotionNetwork: names map one to one."""
-  return convert_state_dict(state_dict, template, source=source)
+  return convert_state_dict(state_dict, template, source=source, report=report)
 
 
 def assemble(parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -24,10 +24,15 @@ def _generator_prefix(module_path: tuple[str, ...]) -> str:
 
 
 def convert_generator(
-  state_dict: Mapping[str, Any], template: Mapping[str, Any], source: str = "generator"
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  source: str = "generator",
+  report: dict | None = None,
 ) -> dict:
   """Original, SPADE or multi-scale generator (``dense_motion_network`` included)."""
-  return convert_state_dict(state_dict, template, torch_prefix=_generator_prefix, source=source)
+  return convert_state_dict(
+    state_dict, template, torch_prefix=_generator_prefix, source=source, report=report
+  )
 
 
 def _discriminator_prefix(module_path: tuple[str, ...]) -> str:
@@ -38,14 +43,22 @@ def _discriminator_prefix(module_path: tuple[str, ...]) -> str:
 
 
 def convert_discriminator(
-  state_dict: Mapping[str, Any], template: Mapping[str, Any], source: str = "discriminator"
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  source: str = "discriminator",
+  report: dict | None = None,
 ) -> dict:
   """``MultiScaleDiscriminator`` (keys ``discs.{scale}.down_blocks.{i}.conv.weight_orig`` ...)."""
-  return convert_state_dict(state_dict, template, torch_prefix=_discriminator_prefix, source=source)
+  return convert_state_dict(
+    state_dict, template, torch_prefix=_discriminator_prefix, source=source, report=report
+  )
 
 
 def convert_vgg19(
-  state_dict: Mapping[str, Any], template: Mapping[str, Any], source: str = "vgg19"
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  source: str = "vgg19",
+  report: dict | None = None,
 ) -> dict:
   """torchvision VGG19 (``features.{i}``); layers past relu5_1, the classifier and stored
   normalisation buffers are not needed."""
@@ -55,20 +68,29 @@ def convert_vgg19(
     torch_prefix=lambda path: ".".join(path).replace("features_", "features."),
     ignore=(r"^features\.(3[0-9])\.", r"^classifier\.", r"^(mean|std)$"),
     source=source,
+    report=report,
   )
 
 
 def convert_vggface(
-  state_dict: Mapping[str, Any], template: Mapping[str, Any], source: str = "vggface"
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  source: str = "vggface",
+  report: dict | None = None,
 ) -> dict:
   """``vgg_face_dag`` (``conv{b}_{j}``, ``fc6..8``); conv5_2, conv5_3 and the fc layers are unused."""
   return convert_state_dict(
-    state_dict, template, ignore=(r"^conv5_[23]\.", r"^fc[678]\."), source=source
+    state_dict, template, ignore=(r"^conv5_[23]\.", r"^fc[678]\."), source=source, report=report
   )
 
 
 def convert_by_name(
-  state_dict: Mapping[str, Any], template: Mapping[str, Any], source: str
+  state_dict: Mapping[str, Any],
+  template: Mapping[str, Any],
+  source: str,
+  report: dict | None = None,
 ) -> dict:
   """Expression VAE and latent discriminator: names map one to one."""
-  return convert_state_dict(state_dict, template, ignore=(_BATCH_COUNTER,), source=source)
+  return convert_state_dict(
+    state_dict, template, ignore=(_BATCH_COUNTER,), source=source, report=report
+  )

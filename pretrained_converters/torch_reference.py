@@ -855,3 +855,96 @@ def settle_spectral_norm(module: nn.Module, *inputs, steps: int = 5) -> nn.Modul
     for _ in range(steps):
       module(*inputs)
   return module
+
+
+# ---- Whole face-vid2vid model from a config (used by --verify and the tests) ----
+
+
+def face_vid2vid_modules(model_config, generator_kind: str = "spade") -> dict:
+  """``{kp_detector, he_estimator, generator, discriminator}`` PyTorch modules shaped by a
+  mmfa_jax config's ``model`` section (the reference's checkpoint entries)."""
+  kp = model_config.kp_detector
+  he = model_config.he_estimator
+  gen = model_config.generator
+  dense = model_config.dense_motion
+  disc = model_config.discriminator
+  generator_cls = SPADEGenerator if generator_kind == "spade" else OcclusionAwareGenerator
+  generator_kwargs = dict(
+    block_expansion=gen.block_expansion,
+    max_features=gen.max_features,
+    num_down_blocks=gen.num_down_blocks,
+    reshape_channel=gen.reshape_channels,
+    reshape_depth=gen.reshape_depth,
+    num_resblocks=gen.num_resblocks,
+    num_kp=model_config.num_kp,
+    dense_motion=dict(
+      block_expansion=dense.block_expansion,
+      num_blocks=dense.num_blocks,
+      max_features=dense.max_features,
+      compress=dense.compress,
+    ),
+  )
+  return {
+    "kp_detector": KPDetector(
+      block_expansion=kp.block_expansion,
+      num_kp=model_config.num_kp,
+      max_features=kp.max_features,
+      reshape_channel=kp.reshape_channels,
+      reshape_depth=kp.reshape_depth,
+      num_blocks=kp.num_blocks,
+      temperature=kp.temperature,
+      scale_factor=kp.scale_factor,
+    ),
+    "he_estimator": HEEstimator(
+      block_expansion=he.block_expansion,
+      widths=tuple(he.widths),
+      blocks=tuple(he.blocks),
+      num_kp=model_config.num_kp,
+      num_bins=he.num_bins,
+    ),
+    "generator": generator_cls(**generator_kwargs),
+    "discriminator": MultiScaleDiscriminator(
+      scales=tuple(int(s) if float(s).is_integer() else s for s in disc.scales),
+      block_expansion=disc.block_expansion,
+      num_blocks=disc.num_blocks,
+      max_features=disc.max_features,
+    ),
+  }
+
+
+def _angles(logits):
+  return (torch.softmax(logits, -1) * torch.arange(logits.shape[-1], dtype=logits.dtype)).sum(
+    -1
+  ) * 3 - 99
+
+
+def reference_rotation(yaw, pitch, roll):
+  """architecture.md 6.2: degrees, pi = 3.14, R = R_pitch(x) R_yaw(y) R_roll(z)."""
+  yaw, pitch, roll = (a / 180 * 3.14 for a in (yaw, pitch, roll))
+  one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
+  pitch_m = torch.stack(
+    [one, zero, zero, zero, pitch.cos(), -pitch.sin(), zero, pitch.sin(), pitch.cos()], -1
+  )
+  yaw_m = torch.stack(
+    [yaw.cos(), zero, yaw.sin(), zero, one, zero, -yaw.sin(), zero, yaw.cos()], -1
+  )
+  roll_m = torch.stack(
+    [roll.cos(), -roll.sin(), zero, roll.sin(), roll.cos(), zero, zero, zero, one], -1
+  )
+  return pitch_m.view(-1, 3, 3) @ yaw_m.view(-1, 3, 3) @ roll_m.view(-1, 3, 3)
+
+
+def animate_face_vid2vid(
+  modules: dict, source: torch.Tensor, driving: torch.Tensor
+) -> torch.Tensor:
+  """The reference's animation of NCHW ``source`` by ``driving`` (absolute keypoints): NCHW output."""
+
+  def keypoints(canonical, he):
+    rotation = reference_rotation(_angles(he["yaw"]), _angles(he["pitch"]), _angles(he["roll"]))
+    rotated = torch.einsum("bij,bkj->bki", rotation, canonical)
+    return rotated + he["t"][:, None] + he["exp"].view(canonical.shape)
+
+  canonical = modules["kp_detector"](source)["value"]
+  kp_source = keypoints(canonical, modules["he_estimator"](source))
+  kp_driving = keypoints(canonical, modules["he_estimator"](driving))
+  return modules["generator"](source, kp_source, kp_driving)["prediction"]

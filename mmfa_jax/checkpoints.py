@@ -1,0 +1,190 @@
+"""Converted pretrained weights on disk: one orbax checkpoint plus a small JSON metadata file.
+
+Layout of a converted directory::
+
+    DIR/metadata.json   {"kind": ..., "source_file": ..., "source_sha256": ..., "mmfa_jax_version": ...,
+                         "config": ..., "created": ...}
+    DIR/arrays/         orbax checkpoint of the variables pytree
+
+``load_converted(DIR, kind)`` is the one loader for every kind (training, inference, tests). A
+directory is written under a temporary name and renamed into place at the end, so an interrupted
+conversion never leaves a half-written DIR, and an existing DIR is only replaced when asked to.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+
+import mmfa_jax
+
+METADATA_FILE = "metadata.json"
+ARRAYS_DIR = "arrays"
+KINDS = ("hopenet", "vgg19", "vggface", "face_vid2vid")
+
+
+class ConvertedWeightsError(ValueError):
+  """A converted-weights directory that is missing, incomplete or of the wrong kind."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """Hex SHA-256 of a file, read in 1 MiB chunks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as handle:
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def save_converted(
+  directory: str | os.PathLike,
+  variables: Any,
+  metadata: dict[str, Any],
+  *,
+  overwrite: bool = False,
+) -> str:
+  """Writes ``variables`` (a pytree of arrays) and ``metadata`` to ``directory`` atomically.
+
+  Raises:
+    ConvertedWeightsError: ``directory`` exists and ``overwrite`` is False, or ``metadata`` has no
+      valid ``kind``.
+  """
+  import orbax.checkpoint as ocp
+
+  directory = os.path.abspath(os.fspath(directory))
+  if metadata.get("kind") not in KINDS:
+    raise ConvertedWeightsError(
+      f"metadata kind must be one of {KINDS}, got {metadata.get('kind')!r}"
+    )
+  if os.path.exists(directory) and not overwrite:
+    raise ConvertedWeightsError(f"{directory}: already exists (pass --overwrite to replace it)")
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    arrays = jax_tree_to_numpy(variables)
+    checkpointer.save(os.path.join(staging, ARRAYS_DIR), arrays)
+    checkpointer.wait_until_finished()
+    full_metadata = dict(
+      metadata,
+      mmfa_jax_version=mmfa_jax.__version__,
+      created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    with open(os.path.join(staging, METADATA_FILE), "w") as handle:
+      json.dump(full_metadata, handle, indent=2, sort_keys=True)
+    if os.path.exists(directory):
+      retired = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old.", dir=parent)
+      os.replace(directory, os.path.join(retired, "previous"))
+      os.replace(staging, directory)
+      shutil.rmtree(retired, ignore_errors=True)
+    else:
+      os.replace(staging, directory)
+  finally:
+    if os.path.exists(staging):
+      shutil.rmtree(staging, ignore_errors=True)
+  return directory
+
+
+def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+  """The metadata of a converted directory, with clear errors when it is not one."""
+  directory = os.fspath(directory)
+  path = os.path.join(directory, METADATA_FILE)
+  if not os.path.isdir(directory):
+    raise ConvertedWeightsError(
+      f"{directory}: no such directory (convert the weights first with "
+      "tools/convert_torch_weights.py)"
+    )
+  if not os.path.isfile(path):
+    raise ConvertedWeightsError(
+      f"{directory}: not a converted-weights directory (no {METADATA_FILE})"
+    )
+  try:
+    with open(path) as handle:
+      return json.load(handle)
+  except (OSError, json.JSONDecodeError) as error:
+    raise ConvertedWeightsError(f"{path}: unreadable metadata ({error})") from error
+
+
+def load_converted(
+  directory: str | os.PathLike, kind: str | None = None
+) -> tuple[Any, dict[str, Any]]:
+  """Loads ``(variables, metadata)`` from a converted directory.
+
+  Args:
+    directory: written by ``save_converted`` (``tools/convert_torch_weights.py``).
+    kind: if given, the directory must hold this kind (``'hopenet'``, ``'vgg19'``, ``'vggface'``,
+      ``'face_vid2vid'``).
+
+  Raises:
+    ConvertedWeightsError: missing directory, not a converted directory, wrong kind, or arrays
+      that cannot be read.
+  """
+  import orbax.checkpoint as ocp
+
+  metadata = read_metadata(directory)
+  if kind is not None and metadata.get("kind") != kind:
+    raise ConvertedWeightsError(
+      f"{directory}: holds {metadata.get('kind')!r} weights, but {kind!r} weights are needed here"
+    )
+  arrays_path = os.path.abspath(os.path.join(os.fspath(directory), ARRAYS_DIR))
+  if not os.path.isdir(arrays_path):
+    raise ConvertedWeightsError(f"{directory}: the arrays ({ARRAYS_DIR}/) are missing")
+  try:
+    variables = ocp.StandardCheckpointer().restore(arrays_path)
+  except Exception as error:  # orbax raises several types for damaged checkpoints
+    raise ConvertedWeightsError(f"{arrays_path}: cannot be restored ({error})") from error
+  return variables, metadata
+
+
+def jax_tree_to_numpy(tree: Any) -> Any:
+  """Nested dicts of arrays -> the same with float32/int numpy leaves (orbax-friendly)."""
+  if isinstance(tree, dict):
+    return {str(k): jax_tree_to_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+CONVERT_HINT = {
+  "hopenet": "hopenet_robust_alpha1.pkl",
+  "vgg19": "vgg19-dcbb9e9d.pth",
+  "vggface": "vgg_face_dag.pth",
+}
+
+
+def load_pretrained(
+  pretrained: Any, kinds: tuple[str, ...] = ("hopenet", "vgg19", "vggface")
+) -> dict[str, Any]:
+  """Loads the frozen networks named in a config's ``pretrained`` section, ``{kind: variables}``.
+
+  Every directory is checked (set, exists, right kind) before anything is loaded, and all problems
+  are reported together, so a run fails at start-up, before any compilation.
+  """
+  problems = []
+  for kind in kinds:
+    directory = pretrained.get(kind) if hasattr(pretrained, "get") else None
+    if not directory:
+      problems.append(
+        f"config.pretrained.{kind} is not set: convert {CONVERT_HINT[kind]} with "
+        f"`python tools/convert_torch_weights.py {kind} --input FILE --output DIR` and pass "
+        f"--config.pretrained.{kind}=DIR"
+      )
+      continue
+    try:
+      read_kind = read_metadata(directory).get("kind")
+    except ConvertedWeightsError as error:
+      problems.append(f"config.pretrained.{kind}: {error}")
+      continue
+    if read_kind != kind:
+      problems.append(
+        f"config.pretrained.{kind}: {directory} holds {read_kind!r} weights, not {kind!r}"
+      )
+  if problems:
+    raise ConvertedWeightsError("\n".join(problems))
+  return {kind: load_converted(pretrained.get(kind), kind)[0] for kind in kinds}

@@ -215,3 +215,17 @@ def test_pretrained_section_is_checked_before_loading(tmp_path):
   config.pretrained.hopenet = str(tmp_path / "vgg")
   loaded = load_pretrained(config.pretrained, kinds=("vgg19",))
   np.testing.assert_array_equal(loaded["vgg19"]["w"], np.ones(2))
+
+
+@pytest.mark.slow
+def test_verify_failure_exits_1_and_writes_nothing(tmp_path):
+  """A file that converts but computes nothing sane (negative BatchNorm variance gives NaN)."""
+  state = ref.Hopenet().state_dict()
+  state["bn1.running_var"] = -torch.ones_like(state["bn1.running_var"])
+  torch.save(state, tmp_path / "nan_hopenet.pth")
+  result = run_tool(
+    "hopenet", "--input", tmp_path / "nan_hopenet.pth", "--output", tmp_path / "out", "--verify"
+  )
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert "TOO LARGE" in result.stdout and "verification failed" in result.stderr
+  assert not (tmp_path / "out").exists()

@@ -1,0 +1,1 @@
+"""Input data: built-in synthetic talking heads, VoxCeleb-style video folders, grain pipelines."""

@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 EXPRESSIONS = ("mouth_open", "smile", "blink", "brow_raise")
+FRAMES_PER_PERIOD = 64.0  # each motion completes 0.5 to 2 cycles every 64 frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,7 @@ class SyntheticHeads:
   def motion(self, video: int, frame: int) -> dict[str, float]:
     """Ground-truth motion of one frame (degrees, normalised units, expression levels)."""
     rng = self._video_rng(video, 1)
-    t = frame / max(1, self.num_frames)
+    t = frame / FRAMES_PER_PERIOD
     values = {}
     names = ("yaw", "pitch", "roll", "tx", "ty", "scale", *EXPRESSIONS)
     for name in names:

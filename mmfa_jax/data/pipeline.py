@@ -1,0 +1,171 @@
+"""grain pipelines of (source, driving) frame pairs, and global batches on a device mesh.
+
+Sources are random-access collections of *items* (an identity's videos, or a synthetic video);
+``PairSampler`` (a grain ``RandomMap``) picks an item's video and two frame indices uniformly with
+replacement, sorted (the first is the source), decodes only those two frames, resizes and augments
+them (architecture.md 9.3). A video that cannot be read is skipped with a warning naming the file,
+another item is drawn, and the number of skips travels with the sample (``skipped``), so training
+logs can report it.
+
+Pipeline: index dataset -> ``seed().shuffle().repeat()`` -> this process's slice ->
+``random_map(PairSampler)`` -> ``batch`` -> ``to_iter_dataset`` -> optional ``mp_prefetch``. The
+iterator's ``get_state``/``set_state`` resume it at the same next batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mmfa_jax.data.augment import augment_pair
+from mmfa_jax.data.synthetic import SyntheticHeads
+from mmfa_jax.data.video import FrameReadError, count_frames, is_video_entry, read_frames, resize
+
+MAX_RESAMPLES = 100
+
+
+class SyntheticSource:
+  """Random access over synthetic videos: item i is video i."""
+
+  def __init__(self, heads: SyntheticHeads):
+    self.heads = heads
+
+  def __len__(self) -> int:
+    return self.heads.num_videos
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {"synthetic": int(index)}
+
+
+class VideoFolderSource:
+  """``ROOT/SPLIT`` entries (video files or frame folders), grouped by identity.
+
+  With ``id_sampling`` (the reference's default for training) item i is identity i (the name up to
+  the first ``#``) with all its videos; otherwise every video is its own item.
+
+  Raises:
+    FileNotFoundError / ValueError: the folder is missing or holds no usable entry.
+  """
+
+  def __init__(self, root: str, split: str = "train", id_sampling: bool = True):
+    folder = os.path.join(root, split)
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(
+        f"{folder}: no such folder (expected ROOT/{split}/ with one entry per video)"
+      )
+    entries = sorted(os.path.join(folder, name) for name in os.listdir(folder))
+    videos = [entry for entry in entries if is_video_entry(entry)]
+    if not videos:
+      raise ValueError(
+        f"{folder}: no videos (expected .mp4/.gif/.mov/.webm files or folders of frames)"
+      )
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for video in videos:
+      key = os.path.basename(video).split("#")[0] if id_sampling else os.path.basename(video)
+      groups[key].append(video)
+    self.folder = folder
+    self.identities = sorted(groups)
+    self.videos = {identity: groups[identity] for identity in self.identities}
+
+  def __len__(self) -> int:
+    return len(self.identities)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    identity = self.identities[index]
+    return {"identity": identity, "videos": list(self.videos[identity])}
+
+
+class PairSampler(grain.transforms.RandomMap):
+  """Index -> ``{'source', 'driving'}`` float32 ``(size, size, 3)`` in [0, 1] and ``skipped``."""
+
+  def __init__(self, source: Any, image_size: int, augment: bool = True, jitter: float = 0.1):
+    self.source = source
+    self.image_size = image_size
+    self.augment = augment
+    self.jitter = jitter
+
+  def random_map(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+    skipped = 0
+    for _ in range(MAX_RESAMPLES):
+      item = self.source[int(index)]
+      try:
+        source, driving = self._pair(item, rng)
+        break
+      except FrameReadError as error:
+        logging.warning("skipping unreadable video: %s", error)
+        skipped += 1
+        index = rng.integers(len(self.source))
+    else:
+      raise RuntimeError(
+        f"{MAX_RESAMPLES} unreadable videos in a row in {getattr(self.source, 'folder', 'the source')}"
+      )
+    if self.augment:
+      source, driving = augment_pair(source, driving, rng, self.jitter)
+    return {"source": source, "driving": driving, "skipped": np.int32(skipped)}
+
+  def _pair(self, item: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    if "synthetic" in item:
+      heads = self.source.heads
+      first, second = np.sort(rng.integers(heads.num_frames, size=2))
+      video = item["synthetic"]
+      return heads.frame(video, int(first), self.image_size), heads.frame(
+        video, int(second), self.image_size
+      )
+    path = item["videos"][rng.integers(len(item["videos"]))]
+    num_frames = count_frames(path)
+    if num_frames < 1:
+      raise FrameReadError(f"{path}: no frames")
+    indices = np.sort(rng.integers(num_frames, size=2))
+    frames = read_frames(path, [int(i) for i in indices])
+    return resize(frames[0], self.image_size), resize(frames[1], self.image_size)
+
+
+def index_dataset(
+  num_items: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
+  """Shuffled, repeated item indices, this process's slice (every process sees disjoint items)."""
+  return (
+    grain.MapDataset.range(num_items).seed(seed).shuffle().repeat()[process_index::process_count]
+  )
+
+
+def train_dataset(
+  source: Any,
+  *,
+  image_size: int,
+  batch_size: int,
+  seed: int = 0,
+  augment: bool = True,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  worker_count: int = 0,
+) -> grain.IterDataset:
+  """Per-process batches of ``batch_size // process_count`` pairs (``batch_size`` is global)."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if batch_size % process_count:
+    raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
+  dataset = index_dataset(len(source), seed, process_index, process_count)
+  dataset = dataset.random_map(PairSampler(source, image_size, augment))
+  dataset = dataset.batch(batch_size // process_count, drop_remainder=True).to_iter_dataset()
+  if worker_count > 0:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return dataset
+
+
+def global_batch(
+  batch: dict[str, np.ndarray], mesh: Mesh, axis: str = "data"
+) -> dict[str, jax.Array]:
+  """This process's slice of a batch -> global arrays sharded along ``axis`` of ``mesh``."""
+  sharding = NamedSharding(mesh, P(axis))
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }

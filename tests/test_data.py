@@ -1,0 +1,195 @@
+"""Synthetic heads, frame readers, augmentation and the grain pipeline (on files made here)."""
+
+import colorsys
+import itertools
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmfa_jax.data import augment
+from mmfa_jax.data.pipeline import SyntheticSource, VideoFolderSource, index_dataset, train_dataset
+from mmfa_jax.data.synthetic import EXPRESSIONS, SyntheticHeads
+from mmfa_jax.data.video import FrameReadError, count_frames, read_frames, read_image
+
+
+def test_synthetic_heads_are_deterministic_and_move():
+  heads = SyntheticHeads(seed=3, num_videos=4, num_frames=16)
+  again = SyntheticHeads(seed=3, num_videos=4, num_frames=16)
+  frame = heads.frame(1, 5, 64)
+  assert frame.shape == (64, 64, 3) and frame.dtype == np.float32
+  assert 0.0 <= frame.min() and frame.max() <= 1.0
+  np.testing.assert_array_equal(frame, again.frame(1, 5, 64))
+  assert np.abs(frame - heads.frame(1, 9, 64)).mean() > 0.005  # motion changes the image
+  assert np.abs(frame - heads.frame(2, 5, 64)).mean() > 0.02  # identities differ
+  motion = heads.motion(1, 5)
+  assert set(motion) == {"yaw", "pitch", "roll", "tx", "ty", "scale", *EXPRESSIONS}
+  yaws = [heads.motion(0, f)["yaw"] for f in range(16)]
+  assert max(yaws) - min(yaws) > 5 and max(abs(y) for y in yaws) <= 35
+  assert max(abs(a - b) for a, b in itertools.pairwise(yaws)) < 8  # smooth
+
+
+def test_yaw_moves_the_face_sideways():
+  """Turning the head (+yaw rotates +x towards -z) shifts the dark eye pixels in x."""
+  heads = SyntheticHeads(seed=0, num_videos=1, num_frames=8)
+  from mmfa_jax.data.synthetic import Identity, render_head
+
+  identity = Identity(
+    (0.5, 0.62, 0.45), (0.8, 0.5, 0.3), (0.05, 0.05, 0.05), (0.7, 0.1, 0.2), (0.0, 0.0, 0.1)
+  )
+
+  base = dict(
+    heads.motion(0, 0), yaw=0.0, pitch=0.0, roll=0.0, tx=0.0, ty=0.0, scale=1.0, blink=0.0
+  )
+  centres = []
+  for yaw in (-30.0, 0.0, 30.0):
+    image = render_head(identity, dict(base, yaw=yaw), 96)
+    white = (image.min(-1) > 0.6).astype(float)  # the eye whites (skin and background are darker)
+    _, xs = np.nonzero(white)
+    centres.append(xs.mean())
+  # +yaw turns the face towards +x (the rotation maps the face's +z normal to +x sin(yaw)).
+  assert centres[0] < centres[1] - 3 and centres[2] > centres[1] + 3, centres
+
+
+def test_image_modes_convert(tmp_path):
+  rgb = (np.random.default_rng(0).random((6, 5, 3)) * 255).astype(np.uint8)
+  Image.fromarray(rgb).save(tmp_path / "rgb.png")
+  Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+  Image.fromarray(np.concatenate([rgb, np.full((6, 5, 1), 7, np.uint8)], -1)).save(
+    tmp_path / "rgba.png"
+  )
+  sixteen = rgb[..., 0].astype(np.uint16) * 257
+  Image.fromarray(sixteen).save(tmp_path / "deep.png")
+  np.testing.assert_allclose(read_image(str(tmp_path / "rgb.png")), rgb / 255, atol=1e-6)
+  np.testing.assert_allclose(read_image(str(tmp_path / "rgba.png")), rgb / 255, atol=1e-6)
+  gray = read_image(str(tmp_path / "gray.png"))
+  np.testing.assert_allclose(gray[..., 2], rgb[..., 0] / 255, atol=1e-6)
+  np.testing.assert_allclose(
+    read_image(str(tmp_path / "deep.png"))[..., 1], sixteen / 65535, atol=1e-6
+  )
+  (tmp_path / "text.png").write_text("not an image")
+  with pytest.raises(FrameReadError, match=r"text\.png: not a readable image"):
+    read_image(str(tmp_path / "text.png"))
+
+
+def test_color_jitter_hand_cases():
+  image = np.random.default_rng(1).random((4, 4, 3)).astype(np.float32)
+  np.testing.assert_allclose(augment.adjust_brightness(image, 0.5), image * 0.5)
+  np.testing.assert_allclose(
+    augment.adjust_saturation(image, 0.0)[..., 0], (image @ [0.299, 0.587, 0.114]), atol=1e-6
+  )
+  np.testing.assert_allclose(augment.adjust_hue(image, 0.0), image, atol=1e-6)
+  shifted = augment.adjust_hue(image, 0.1)
+  for pixel, got in zip(image.reshape(-1, 3), shifted.reshape(-1, 3)):
+    h, s, v = colorsys.rgb_to_hsv(*pixel)
+    np.testing.assert_allclose(got, colorsys.hsv_to_rgb((h + 0.1) % 1, s, v), atol=1e-5)
+
+
+def test_pair_augmentation_flips_both_or_swaps():
+  source = np.random.default_rng(2).random((8, 8, 3)).astype(np.float32)
+  driving = np.random.default_rng(3).random((8, 8, 3)).astype(np.float32)
+  outcomes = set()
+  for seed in range(40):
+    a, b = augment.augment_pair(source, driving, np.random.default_rng(seed), jitter=0.0)
+    if np.allclose(a, driving, atol=1e-5) and np.allclose(b, source, atol=1e-5):
+      outcomes.add("swap")
+    elif np.allclose(a, source[:, ::-1], atol=1e-5) and np.allclose(b, driving[:, ::-1], atol=1e-5):
+      outcomes.add("flip")
+    elif np.allclose(a, source, atol=1e-5) and np.allclose(b, driving, atol=1e-5):
+      outcomes.add("none")
+    else:
+      raise AssertionError(f"seed {seed}: neither a swap, a flip nor unchanged")
+  assert outcomes == {"swap", "flip", "none"}
+
+
+def test_synthetic_pipeline_batches_resume_and_workers():
+  source = SyntheticSource(SyntheticHeads(seed=0, num_videos=6, num_frames=8))
+  dataset = train_dataset(
+    source, image_size=32, batch_size=4, seed=1, process_index=0, process_count=1
+  )
+  iterator = iter(dataset)
+  first = next(iterator)
+  assert first["source"].shape == (4, 32, 32, 3) and first["driving"].dtype == np.float32
+  assert first["skipped"].tolist() == [0, 0, 0, 0]
+  next(iterator)
+  state = iterator.get_state()
+  expected = next(iterator)
+  resumed = iter(
+    train_dataset(source, image_size=32, batch_size=4, seed=1, process_index=0, process_count=1)
+  )
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["source"], expected["source"])
+  with_workers = iter(
+    train_dataset(
+      source, image_size=32, batch_size=4, seed=1, process_index=0, process_count=1, worker_count=2
+    )
+  )
+  np.testing.assert_array_equal(next(with_workers)["driving"], first["driving"])
+
+
+def test_two_processes_read_disjoint_slices():
+  num_items = 10
+  parts = [index_dataset(num_items, seed=5, process_index=p, process_count=2) for p in (0, 1)]
+  epoch = [[int(part[i]) for i in range(num_items // 2)] for part in parts]
+  assert not set(epoch[0]) & set(epoch[1])
+  assert sorted(epoch[0] + epoch[1]) == list(range(num_items))
+
+
+def _write_mp4(path, frames, fps=25):
+  import av
+
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+def test_video_folder_source_with_broken_entries(tmp_path):
+  train = tmp_path / "train"
+  train.mkdir()
+  ramp = np.linspace(0, 1, 48)
+  smooth = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 0.5 + 0 * ramp[None, :]), -1)
+  frames = np.stack([(0.2 + 0.6 * np.roll(smooth, i, axis=-1)) * 255 for i in range(5)]).astype(
+    np.uint8
+  )
+  folder = train / "id00001#vidA#0#5.mp4"  # a frame folder whose name ends in .mp4
+  folder.mkdir()
+  for i, frame in enumerate(frames):
+    Image.fromarray(frame).save(folder / f"{i:07d}.png")
+  _write_mp4(train / "id00001#vidB.mp4", frames)
+  Image.fromarray(frames[0]).save(
+    train / "id00002#gif.gif", save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]]
+  )
+  (train / "id00003#broken.mp4").write_bytes(os.urandom(2048))
+  (train / "notes.txt").write_text("ignored")
+
+  source = VideoFolderSource(str(tmp_path), "train")
+  assert source.identities == ["id00001", "id00002", "id00003"]
+  assert len(source[0]["videos"]) == 2
+  assert count_frames(str(folder)) == 5 and count_frames(str(train / "id00001#vidB.mp4")) == 5
+  assert count_frames(str(train / "id00002#gif.gif")) == 5
+  np.testing.assert_allclose(read_frames(str(folder), [3])[0], frames[3] / 255, atol=1e-6)
+  decoded = read_frames(str(train / "id00001#vidB.mp4"), [4, 1])
+  assert (
+    decoded[0].shape == (48, 48, 3) and np.abs(decoded[1] - frames[1] / 255).mean() < 0.08
+  )  # lossy
+  with pytest.raises(FrameReadError, match=r"broken\.mp4"):
+    count_frames(str(train / "id00003#broken.mp4"))
+
+  dataset = train_dataset(
+    source, image_size=32, batch_size=3, seed=0, process_index=0, process_count=1
+  )
+  skipped = sum(int(batch["skipped"].sum()) for _, batch in zip(range(6), iter(dataset)))
+  assert skipped > 0  # the broken video was drawn, skipped, counted, and training data kept flowing
+
+  empty = tmp_path / "empty"
+  (empty / "train").mkdir(parents=True)
+  with pytest.raises(ValueError, match="no videos"):
+    VideoFolderSource(str(empty), "train")
+  with pytest.raises(FileNotFoundError, match="no such folder"):
+    VideoFolderSource(str(tmp_path), "test")

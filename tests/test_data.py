@@ -193,3 +193,18 @@ def test_video_folder_source_with_broken_entries(tmp_path):
     VideoFolderSource(str(empty), "train")
   with pytest.raises(FileNotFoundError, match="no such folder"):
     VideoFolderSource(str(tmp_path), "test")
+
+
+def test_global_batch_is_sharded_on_the_data_axis():
+  import jax
+  from jax.sharding import AxisType
+
+  from mmfa_jax.data.pipeline import global_batch
+
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  local = {"source": np.arange(8 * 2 * 2 * 3, dtype=np.float32).reshape(8, 2, 2, 3)}
+  batch = global_batch(local, mesh)
+  assert batch["source"].shape == (8, 2, 2, 3)
+  assert batch["source"].sharding.spec[0] == "data"
+  assert len(batch["source"].addressable_shards) == 8
+  np.testing.assert_array_equal(np.asarray(batch["source"]), local["source"])

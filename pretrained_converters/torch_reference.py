@@ -201,7 +201,8 @@ class HEEstimator(nn.Module):
     self.fc_t = nn.Linear(previous, 3)
     self.fc_exp = nn.Linear(previous, 3 * num_kp)
 
-  def forward(self, x):
+  def trunk(self, x):
+    """Stem, bottleneck stages and global average pooling: (B, widths[-1])."""
     out = self.maxpool(F.relu(self.norm1(self.conv1(x))))
     block_index = 1
     for stage in range(self.num_stages):
@@ -211,7 +212,10 @@ class HEEstimator(nn.Module):
         block_index += 1
       out = getattr(self, f"block{block_index}")(out)
       block_index += 1
-    out = out.mean(dim=(2, 3))
+    return out.mean(dim=(2, 3))
+
+  def forward(self, x):
+    out = self.trunk(x)
     return {
       "yaw": self.fc_roll(out),  # the reference's naming bug (its issue #58)
       "pitch": self.fc_pitch(out),
@@ -305,16 +309,7 @@ class ScaleTranslationHead(HEEstimator):
     self.fc_scale = nn.Linear(widths[-1], 1)
 
   def forward(self, x):
-    out = self.maxpool(F.relu(self.norm1(self.conv1(x))))
-    block_index = 1
-    for stage in range(self.num_stages):
-      out = F.relu(getattr(self, f"norm{stage + 2}")(getattr(self, f"conv{stage + 2}")(out)))
-      if stage > 0:
-        out = getattr(self, f"block{block_index}")(out)
-        block_index += 1
-      out = getattr(self, f"block{block_index}")(out)
-      block_index += 1
-    out = out.mean(dim=(2, 3))
+    out = self.trunk(x)
     return {"scale": torch.exp(self.fc_scale(out)[:, 0]), "translation": self.fc_t(out)}
 
 

@@ -44,6 +44,13 @@ class SyntheticSource:
   def __getitem__(self, index: int) -> dict[str, Any]:
     return {"synthetic": int(index)}
 
+  def sample_pair(
+    self, item: dict[str, Any], rng: np.random.Generator, size: int
+  ) -> tuple[np.ndarray, np.ndarray]:
+    first, second = np.sort(rng.integers(self.heads.num_frames, size=2))
+    video = item["synthetic"]
+    return self.heads.frame(video, int(first), size), self.heads.frame(video, int(second), size)
+
 
 class VideoFolderSource:
   """``ROOT/SPLIT`` entries (video files or frame folders), grouped by identity.
@@ -82,9 +89,23 @@ class VideoFolderSource:
     identity = self.identities[index]
     return {"identity": identity, "videos": list(self.videos[identity])}
 
+  def sample_pair(
+    self, item: dict[str, Any], rng: np.random.Generator, size: int
+  ) -> tuple[np.ndarray, np.ndarray]:
+    path = item["videos"][rng.integers(len(item["videos"]))]
+    num_frames = count_frames(path)
+    if num_frames < 1:
+      raise FrameReadError(f"{path}: no frames")
+    indices = np.sort(rng.integers(num_frames, size=2))
+    frames = read_frames(path, [int(i) for i in indices])
+    return resize(frames[0], size), resize(frames[1], size)
+
 
 class PairSampler(grain.transforms.RandomMap):
-  """Index -> ``{'source', 'driving'}`` float32 ``(size, size, 3)`` in [0, 1] and ``skipped``."""
+  """Index -> ``{'source', 'driving'}`` float32 ``(size, size, 3)`` in [0, 1] and ``skipped``.
+
+  The source decides how an item becomes two frames (``source.sample_pair(item, rng, size)``).
+  """
 
   def __init__(self, source: Any, image_size: int, augment: bool = True, jitter: float = 0.1):
     self.source = source
@@ -97,7 +118,7 @@ class PairSampler(grain.transforms.RandomMap):
     for _ in range(MAX_RESAMPLES):
       item = self.source[int(index)]
       try:
-        source, driving = self._pair(item, rng)
+        source, driving = self.source.sample_pair(item, rng, self.image_size)
         break
       except FrameReadError as error:
         logging.warning("skipping unreadable video: %s", error)
@@ -110,22 +131,6 @@ class PairSampler(grain.transforms.RandomMap):
     if self.augment:
       source, driving = augment_pair(source, driving, rng, self.jitter)
     return {"source": source, "driving": driving, "skipped": np.int32(skipped)}
-
-  def _pair(self, item: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    if "synthetic" in item:
-      heads = self.source.heads
-      first, second = np.sort(rng.integers(heads.num_frames, size=2))
-      video = item["synthetic"]
-      return heads.frame(video, int(first), self.image_size), heads.frame(
-        video, int(second), self.image_size
-      )
-    path = item["videos"][rng.integers(len(item["videos"]))]
-    num_frames = count_frames(path)
-    if num_frames < 1:
-      raise FrameReadError(f"{path}: no frames")
-    indices = np.sort(rng.integers(num_frames, size=2))
-    frames = read_frames(path, [int(i) for i in indices])
-    return resize(frames[0], self.image_size), resize(frames[1], self.image_size)
 
 
 def index_dataset(

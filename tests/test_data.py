@@ -208,3 +208,49 @@ def test_global_batch_is_sharded_on_the_data_axis():
   assert batch["source"].sharding.spec[0] == "data"
   assert len(batch["source"].addressable_shards) == 8
   np.testing.assert_array_equal(np.asarray(batch["source"]), local["source"])
+
+
+def test_arrayrecord_build_and_pipeline(tmp_path):
+  import subprocess
+  import sys
+
+  from mmfa_jax.data.arrayrecord import ArrayRecordSource
+
+  root = tmp_path / "root"
+  rng = np.random.default_rng(6)
+  for split, names in (("train", ["id01#a", "id01#b", "id02#c"]), ("test", ["id09#z"])):
+    for name in names:
+      folder = root / split / name
+      folder.mkdir(parents=True)
+      for i in range(4):
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(
+          folder / f"{i:03d}.png"
+        )
+  (root / "train" / "id03#broken.mp4").write_bytes(os.urandom(1024))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+    [sys.executable, os.path.join(repo, "tools", "build_dataset.py"), "--input", str(root),
+     "--output", str(tmp_path / "built"), "--image_size", "32"],
+    capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=repo), timeout=300,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  assert "train: 3 videos, 2 identities, 12 frames" in result.stdout
+  assert "skipped (unreadable):" in result.stdout and "broken.mp4" in result.stdout
+  data_dir = result.stdout.split("built ")[1].split()[0]
+  source = ArrayRecordSource(data_dir, "train")
+  assert len(source) == 2 and sorted(len(source[i]["records"]) for i in range(2)) == [1, 2]
+  batch = next(
+    iter(
+      train_dataset(source, image_size=32, batch_size=2, seed=0, process_index=0, process_count=1)
+    )
+  )
+  assert batch["source"].shape == (2, 32, 32, 3) and batch["skipped"].sum() == 0
+  assert len(ArrayRecordSource(data_dir, "test")) == 1
+  with pytest.raises(ValueError, match="no split 'val'"):
+    ArrayRecordSource(data_dir, "val")
+  bad = subprocess.run(
+    [sys.executable, os.path.join(repo, "tools", "build_dataset.py"), "--input", str(tmp_path / "nothing"),
+     "--output", str(tmp_path / "b2")],
+    capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=repo), timeout=300,
+  )  # fmt: skip
+  assert bad.returncode == 2 and "no train/ or test/ folder" in bad.stderr

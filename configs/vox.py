@@ -15,6 +15,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_size = 256
   config.image_channels = 3
 
+  # Data (mmfa_jax.data): "folders" (ROOT/{train,test} of videos or frame folders), "arrayrecord"
+  # (built by tools/build_dataset.py) or "synthetic" (built-in heads). Batch size is global.
+  config.data = ml_collections.ConfigDict(
+    dict(
+      source="folders",
+      root=ml_collections.config_dict.placeholder(str),
+      id_sampling=True,
+      batch_size=32,
+      worker_count=8,
+      augment=True,
+      synthetic=dict(seed=0, num_videos=256, num_frames=64),
+    )
+  )
+
   config.model = ml_collections.ConfigDict()
   config.model.variant = "mmfa"  # or "face_vid2vid" (HEEstimator pose and expression)
   config.model.num_kp = 15

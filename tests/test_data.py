@@ -254,3 +254,47 @@ def test_arrayrecord_build_and_pipeline(tmp_path):
     capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=repo), timeout=300,
   )  # fmt: skip
   assert bad.returncode == 2 and "no train/ or test/ folder" in bad.stderr
+
+
+def test_evaluation_iteration(tmp_path):
+  from mmfa_jax.data.evaluation import cross_identity_pairs, read_pairs_csv, reconstruction_videos
+
+  heads = SyntheticHeads(seed=1, num_videos=3, num_frames=5)
+  for video in range(3):
+    folder = tmp_path / "test" / f"id{video}#clip.mp4"
+    folder.mkdir(parents=True)
+    for frame in range(5):
+      Image.fromarray((heads.frame(video, frame, 32) * 255).astype(np.uint8)).save(
+        folder / f"{frame:07d}.png"
+      )
+  (tmp_path / "test" / "id9#broken.mp4").write_bytes(b"junk")
+  videos = list(reconstruction_videos(str(tmp_path), 32))
+  assert [name for name, _ in videos] == ["id0#clip.mp4", "id1#clip.mp4", "id2#clip.mp4"]
+  np.testing.assert_allclose(videos[1][1][3], heads.frame(1, 3, 32), atol=1 / 255)
+  (tmp_path / "pairs.csv").write_text("source,driving\nid0#clip.mp4,id2#clip.mp4\n")
+  pairs = list(cross_identity_pairs(str(tmp_path), str(tmp_path / "pairs.csv"), 32))
+  assert (
+    len(pairs) == 1 and pairs[0][2].shape == (32, 32, 3) and pairs[0][3].shape == (5, 32, 32, 3)
+  )
+  (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+  with pytest.raises(ValueError, match="needs 'source' and 'driving'"):
+    read_pairs_csv(str(tmp_path / "bad.csv"))
+
+
+def test_make_source_from_config(tmp_path):
+  from configs import vox
+  from mmfa_jax.data.pipeline import make_source
+
+  data = vox.get_config().data
+  with pytest.raises(ValueError, match=r"config\.data\.root is not set"):
+    make_source(data)
+  data.source = "synthetic"
+  data.synthetic.num_videos = 5
+  assert len(make_source(data)) == 5
+  data.source = "folders"
+  data.root = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match="no such folder"):
+    make_source(data)
+  data.source = "webdataset"
+  with pytest.raises(ValueError, match="must be synthetic, folders or arrayrecord"):
+    make_source(data)

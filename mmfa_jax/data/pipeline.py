@@ -174,3 +174,24 @@ def global_batch(
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
   }
+
+
+def make_source(data_config: Any, split: str = "train") -> Any:
+  """The source a config's ``data`` section names (``synthetic``, ``folders`` or ``arrayrecord``).
+
+  Raises:
+    ValueError: unknown source, or ``data.root`` unset for a file-based source (before anything
+      is compiled or read).
+  """
+  kind = data_config.source
+  if kind == "synthetic":
+    return SyntheticSource(SyntheticHeads(**dict(data_config.synthetic)))
+  if kind not in ("folders", "arrayrecord"):
+    raise ValueError(f"config.data.source must be synthetic, folders or arrayrecord, got {kind!r}")
+  if not data_config.get("root"):
+    raise ValueError(f"config.data.root is not set (the {kind} data set to train on)")
+  if kind == "folders":
+    return VideoFolderSource(data_config.root, split, data_config.id_sampling)
+  from mmfa_jax.data.arrayrecord import ArrayRecordSource
+
+  return ArrayRecordSource(data_config.root, split, data_config.id_sampling)

@@ -152,15 +152,23 @@ def train_dataset(
   process_index: int | None = None,
   process_count: int | None = None,
   worker_count: int = 0,
+  read_threads: int = 16,
+  prefetch: int = 500,
 ) -> grain.IterDataset:
-  """Per-process batches of ``batch_size // process_count`` pairs (``batch_size`` is global)."""
+  """Per-process batches of ``batch_size // process_count`` pairs (``batch_size`` is global).
+
+  ``read_threads`` and ``prefetch`` (elements read ahead) are grain's ReadOptions.
+  """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if batch_size % process_count:
     raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
   dataset = index_dataset(len(source), seed, process_index, process_count)
   dataset = dataset.random_map(PairSampler(source, image_size, augment))
-  dataset = dataset.batch(batch_size // process_count, drop_remainder=True).to_iter_dataset()
+  read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
+  dataset = dataset.batch(batch_size // process_count, drop_remainder=True).to_iter_dataset(
+    read_options
+  )
   if worker_count > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return dataset

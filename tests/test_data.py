@@ -298,3 +298,45 @@ def test_make_source_from_config(tmp_path):
   data.source = "webdataset"
   with pytest.raises(ValueError, match="must be synthetic, folders or arrayrecord"):
     make_source(data)
+
+
+def test_prepare_videos_crops_faces(tmp_path):
+  import subprocess
+  import sys
+
+  from skimage import data as skdata
+
+  from mmfa_jax.data.prepare import square_crop
+
+  # union (10, 20)-(50, 60): side 40 * 1.5 = 60 about the centre (30, 40)
+  assert square_crop([(10, 20, 30, 40), (20, 30, 30, 30)], 100, 120, 0.25) == (0, 10, 60)
+  assert square_crop([(0, 0, 90, 90)], 100, 120, 0.25) == (0, 0, 100)  # clipped to the frame
+
+  photo = skdata.astronaut()  # a real face, shipped inside scikit-image
+  frames = []
+  for shift in range(18):  # the photo pans slowly to the right
+    canvas = np.zeros((320, 480, 3), np.uint8)
+    canvas[:, 40 + shift : 40 + shift + 320] = photo[:320, 96:416]
+    frames.append(canvas)
+  videos = tmp_path / "in"
+  videos.mkdir()
+  _write_mp4(videos / "talk.mp4", np.stack(frames))
+  _write_mp4(videos / "empty_scene.mp4", np.zeros((18, 64, 64, 3), np.uint8))
+  _write_mp4(videos / "short.mp4", np.stack(frames[:4]))
+  (videos / "broken.mov").write_bytes(b"junk")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+    [sys.executable, os.path.join(repo, "tools", "prepare_videos.py"), "--input", str(videos),
+     "--output", str(tmp_path / "root"), "--size", "64"],
+    capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=repo), timeout=300,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  assert "wrote 1 of 4 clips" in result.stdout
+  assert "empty_scene.mp4: no face found" in result.stdout
+  assert "short.mp4: too short" in result.stdout and "broken.mov: unreadable" in result.stdout
+  clip = tmp_path / "root" / "train" / "talk.mp4"
+  assert len(os.listdir(clip)) == 18
+  first = read_image(str(clip / "0000000.png"))
+  assert first.shape == (64, 64, 3) and first.mean() > 0.15  # a face crop, not the black border
+  source = VideoFolderSource(str(tmp_path / "root"), "train")
+  assert source.identities == ["talk.mp4"]

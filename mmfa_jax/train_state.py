@@ -1,0 +1,100 @@
+"""Train states, optimizers with frozen sub-networks, and non-finite update skipping.
+
+A ``TrainState`` holds one network's ``params``, ``batch_stats`` (BatchNorm statistics and
+spectral-norm vectors) and optimizer state. Frozen parts (Hopenet inside the MMFA motion
+estimator) stay in ``params`` so one ``apply`` sees the whole model, but their updates are zero
+(``optax.set_to_zero``), so they never change and hold no Adam moments. ``apply_gradients`` skips
+the whole update when any gradient is not finite and reports it, so one bad batch cannot poison the
+run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+FROZEN_PREFIXES = (("motion_estimator", "pose"),)  # Hopenet: rotation comes from it, frozen
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """``step`` (int32 scalar), ``params``, ``batch_stats``, ``opt_state``; ``tx`` is static."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, params: Any, batch_stats: Any, tx: optax.GradientTransformation) -> TrainState:
+    return cls(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), tx)
+
+
+def step_schedule(
+  learning_rate: float, milestones: Sequence[int] = (), decay: float = 0.1
+) -> optax.Schedule:
+  """The reference's MultiStepLR: ``learning_rate`` times ``decay`` after each milestone (steps)."""
+  return optax.piecewise_constant_schedule(learning_rate, {int(m): decay for m in milestones})
+
+
+def frozen_labels(params: Any, frozen_prefixes: Sequence[tuple[str, ...]] = FROZEN_PREFIXES) -> Any:
+  """A pytree like ``params`` of ``'frozen'`` / ``'trained'`` labels, by module-path prefix."""
+
+  def label(path: Sequence[Any], _: Any) -> str:
+    names = tuple(getattr(key, "key", str(key)) for key in path)
+    return "frozen" if any(names[: len(p)] == tuple(p) for p in frozen_prefixes) else "trained"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(
+  params: Any,
+  learning_rate: float | optax.Schedule,
+  *,
+  b1: float = 0.5,
+  b2: float = 0.999,
+  clip_norm: float | None = None,
+  frozen_prefixes: Sequence[tuple[str, ...]] = FROZEN_PREFIXES,
+) -> optax.GradientTransformation:
+  """Adam with the reference's betas (0.5, 0.999), optional global-norm clipping, frozen parts zeroed."""
+  adam = optax.adam(learning_rate, b1=b1, b2=b2)
+  trained = optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
+  return optax.multi_transform(
+    {"trained": trained, "frozen": optax.set_to_zero()}, frozen_labels(params, frozen_prefixes)
+  )
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True when every leaf of ``tree`` is finite (a scalar bool array)."""
+  leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def apply_gradients(
+  state: TrainState, grads: Any, batch_stats: Any, *, loss: jax.Array | None = None
+) -> tuple[TrainState, jax.Array]:
+  """One optimizer step; returns ``(new_state, skipped)``.
+
+  When any gradient (or ``loss``) is not finite the parameters, batch statistics and optimizer
+  state stay as they were and ``skipped`` is 1; the step counter advances either way.
+  """
+  finite = all_finite(grads) if loss is None else all_finite(grads) & jnp.isfinite(loss)
+  safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+  updates, opt_state = state.tx.update(safe_grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+
+  def pick(new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+  new_state = state.replace(
+    step=state.step + 1,
+    params=pick(params, state.params),
+    batch_stats=pick(batch_stats, state.batch_stats),
+    opt_state=pick(opt_state, state.opt_state),
+  )
+  return new_state, (~finite).astype(jnp.int32)

@@ -1,0 +1,73 @@
+"""Optimizer schedule, frozen sub-networks and non-finite update skipping."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmfa_jax.train_state import (
+  TrainState,
+  apply_gradients,
+  frozen_labels,
+  make_optimizer,
+  step_schedule,
+)
+
+
+def _params():
+  return {
+    "motion_estimator": {"pose": {"w": jnp.ones(3)}, "kp": {"w": jnp.ones(3)}},
+    "image_generator": {"w": jnp.ones(2)},
+  }
+
+
+def test_step_schedule_decays_at_milestones():
+  schedule = step_schedule(2e-4, milestones=(10, 20))
+  np.testing.assert_allclose(
+    [schedule(0), schedule(9), schedule(10), schedule(25)], [2e-4, 2e-4, 2e-5, 2e-6], rtol=1e-6
+  )
+
+
+def test_frozen_parts_never_move_and_trained_parts_do():
+  params = _params()
+  labels = frozen_labels(params)
+  assert labels["motion_estimator"]["pose"]["w"] == "frozen"
+  assert (
+    labels["motion_estimator"]["kp"]["w"] == "trained"
+    and labels["image_generator"]["w"] == "trained"
+  )
+  state = TrainState.create(params, {"bn": jnp.zeros(1)}, make_optimizer(params, 0.1))
+  grads = {
+    "motion_estimator": {"pose": {"w": jnp.ones(3)}, "kp": {"w": jnp.ones(3)}},
+    "image_generator": {"w": -jnp.ones(2)},
+  }
+  state, skipped = apply_gradients(state, grads, {"bn": jnp.ones(1)})
+  assert int(skipped) == 0 and int(state.step) == 1
+  np.testing.assert_array_equal(state.params["motion_estimator"]["pose"]["w"], np.ones(3))
+  # Adam's first step moves each trained parameter by the learning rate against the gradient sign.
+  np.testing.assert_allclose(
+    state.params["motion_estimator"]["kp"]["w"], np.full(3, 0.9), rtol=1e-5
+  )
+  np.testing.assert_allclose(state.params["image_generator"]["w"], np.full(2, 1.1), rtol=1e-5)
+  np.testing.assert_array_equal(state.batch_stats["bn"], np.ones(1))
+
+
+def test_non_finite_gradients_skip_the_update():
+  params = _params()
+  state = TrainState.create(
+    params, {"bn": jnp.zeros(1)}, make_optimizer(params, 0.1, clip_norm=1.0)
+  )
+  grads = {
+    "motion_estimator": {"pose": {"w": jnp.zeros(3)}, "kp": {"w": jnp.array([1.0, jnp.nan, 0.0])}},
+    "image_generator": {"w": jnp.ones(2)},
+  }
+  new_state, skipped = apply_gradients(state, grads, {"bn": jnp.ones(1)})
+  assert int(skipped) == 1 and int(new_state.step) == 1
+  for new, old in ((new_state.params, state.params), (new_state.batch_stats, state.batch_stats)):
+    jax.tree.map(np.testing.assert_array_equal, new, old)
+  jax.tree.map(np.testing.assert_array_equal, new_state.opt_state, state.opt_state)
+  finite = {
+    "motion_estimator": {"pose": {"w": jnp.zeros(3)}, "kp": {"w": jnp.zeros(3)}},
+    "image_generator": {"w": jnp.ones(2)},
+  }
+  _, skipped = apply_gradients(state, finite, state.batch_stats, loss=jnp.array(jnp.inf))
+  assert int(skipped) == 1

@@ -2,12 +2,11 @@
 command line, loaded with the one loader, run against the PyTorch definitions; bad inputs refused."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+import tool_runner
 import torch
 from safetensors.torch import save_file
 
@@ -17,20 +16,9 @@ from mmfa_jax.models import VGG19, Hopenet, VGGFace
 from pretrained_converters import torch_reference as ref
 from pretrained_converters.convert import face_vid2vid_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "convert_torch_weights.py")
-
 
 def run_tool(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run(
-    [sys.executable, TOOL, *map(str, args)],
-    capture_output=True,
-    text=True,
-    env=env,
-    cwd=ROOT,
-    timeout=600,
-  )
+  return tool_runner.run_tool("convert_torch_weights.py", *args)
 
 
 def _ok(result):

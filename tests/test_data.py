@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from tool_runner import run_tool
 
 from mmfa_jax.data import augment
 from mmfa_jax.data.pipeline import SyntheticSource, VideoFolderSource, index_dataset, train_dataset
@@ -211,9 +212,6 @@ def test_global_batch_is_sharded_on_the_data_axis():
 
 
 def test_arrayrecord_build_and_pipeline(tmp_path):
-  import subprocess
-  import sys
-
   from mmfa_jax.data.arrayrecord import ArrayRecordSource
 
   root = tmp_path / "root"
@@ -227,12 +225,9 @@ def test_arrayrecord_build_and_pipeline(tmp_path):
           folder / f"{i:03d}.png"
         )
   (root / "train" / "id03#broken.mp4").write_bytes(os.urandom(1024))
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run(
-    [sys.executable, os.path.join(repo, "tools", "build_dataset.py"), "--input", str(root),
-     "--output", str(tmp_path / "built"), "--image_size", "32"],
-    capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=repo), timeout=300,
-  )  # fmt: skip
+  result = run_tool(
+    "build_dataset.py", "--input", root, "--output", tmp_path / "built", "--image_size", 32
+  )
   assert result.returncode == 0, result.stderr
   assert "train: 3 videos, 2 identities, 12 frames" in result.stdout
   assert "skipped (unreadable):" in result.stdout and "broken.mp4" in result.stdout
@@ -248,11 +243,7 @@ def test_arrayrecord_build_and_pipeline(tmp_path):
   assert len(ArrayRecordSource(data_dir, "test")) == 1
   with pytest.raises(ValueError, match="no split 'val'"):
     ArrayRecordSource(data_dir, "val")
-  bad = subprocess.run(
-    [sys.executable, os.path.join(repo, "tools", "build_dataset.py"), "--input", str(tmp_path / "nothing"),
-     "--output", str(tmp_path / "b2")],
-    capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=repo), timeout=300,
-  )  # fmt: skip
+  bad = run_tool("build_dataset.py", "--input", tmp_path / "nothing", "--output", tmp_path / "b2")
   assert bad.returncode == 2 and "no train/ or test/ folder" in bad.stderr
 
 
@@ -301,9 +292,6 @@ def test_make_source_from_config(tmp_path):
 
 
 def test_prepare_videos_crops_faces(tmp_path):
-  import subprocess
-  import sys
-
   from skimage import data as skdata
 
   from mmfa_jax.data.prepare import square_crop
@@ -324,12 +312,9 @@ def test_prepare_videos_crops_faces(tmp_path):
   _write_mp4(videos / "empty_scene.mp4", np.zeros((18, 64, 64, 3), np.uint8))
   _write_mp4(videos / "short.mp4", np.stack(frames[:4]))
   (videos / "broken.mov").write_bytes(b"junk")
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run(
-    [sys.executable, os.path.join(repo, "tools", "prepare_videos.py"), "--input", str(videos),
-     "--output", str(tmp_path / "root"), "--size", "64"],
-    capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=repo), timeout=300,
-  )  # fmt: skip
+  result = run_tool(
+    "prepare_videos.py", "--input", videos, "--output", tmp_path / "root", "--size", 64
+  )
   assert result.returncode == 0, result.stderr
   assert "wrote 1 of 4 clips" in result.stdout
   assert "empty_scene.mp4: no face found" in result.stdout

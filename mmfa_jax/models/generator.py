@@ -42,6 +42,9 @@ Dtype = Any
 class _OcclusionAwareBase(nn.Module):
   """Appearance encoder + warping front shared by the generators (see the module docstring).
 
+  Subclasses add their decoder: ``setup_decoder()`` creates its layers (called from ``setup``) and
+  ``decode_2d(x, train)`` maps the occluded 2D feature to ``{'prediction': ...}``.
+
   Attributes:
     block_expansion, max_features, num_down_blocks: encoder widths (vox-256: 64, 512, 2).
     reshape_channels, reshape_depth: volume channels C and depth D (C * D = max_features).
@@ -82,9 +85,6 @@ class _OcclusionAwareBase(nn.Module):
     self.fourth = Conv(out_features, (1, 1), dtype=self.dtype)
     self.setup_decoder()
 
-  def setup_decoder(self) -> None:
-    raise NotImplementedError  # each generator defines its decoder
-
   def encode(self, source: jax.Array, train: bool = False) -> jax.Array:
     """Source image ``(B, H, W, 3)`` in [0, 1] -> appearance volume ``(B, D, h, w, C)``."""
     x = self.first(source, train)
@@ -110,9 +110,6 @@ class _OcclusionAwareBase(nn.Module):
     """Appearance volume + keypoints -> ``prediction`` ``(B, H, W, 3)`` and the motion outputs."""
     x, motion = self.warp(feature_3d, kp_source, kp_driving, train)
     return dict(motion, **self.decode_2d(x, train))
-
-  def decode_2d(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
-    raise NotImplementedError  # each generator defines its decoder
 
   def __call__(
     self, source: jax.Array, kp_source: jax.Array, kp_driving: jax.Array, train: bool = False

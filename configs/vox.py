@@ -1,7 +1,9 @@
 """MMFA on VoxCeleb at 256 x 256 (vox-256 numbers of the reference, architecture.md 3).
 
-Use: ``python -m mmfa_jax.main --config=configs/vox.py`` (once training exists), or
-``configs.vox.get_config()`` from Python. Override with ``--config.model.num_kp=20`` etc.
+Use: ``python -m mmfa_jax.main --config=configs/vox.py --workdir=DIR
+--config.data.root=VOX --config.pretrained.hopenet=... --config.pretrained.vgg19=...
+--config.pretrained.vggface=...``, or ``configs.vox.get_config()`` from Python. Override any field
+on the command line (``--config.model.num_kp=20``, ``--config.train.dtype=bfloat16``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
     dict(stem_features=64, widths=(256, 512), latent_dim=128)
   )
   config.model.expression_decoder = ml_collections.ConfigDict(dict(hidden=(256, 256, 256)))
+  # "hopenet": rotation from the frozen pretrained Hopenet; "learned": a Hopenet-shaped network
+  # trained from scratch (no pretrained weights needed).
+  config.model.pose_network = "hopenet"
   # "canonical": s R (x_c + delta) + t; "posed": s (R x_c + delta) + t.
   config.model.deformation_frame = "canonical"
   config.model.generator = ml_collections.ConfigDict(
@@ -97,4 +102,58 @@ def get_config() -> ml_collections.ConfigDict:
     dict(sigma_affine=0.05, sigma_tps=0.005, points_tps=5)
   )
   config.perceptual_scales = (1.0, 0.5, 0.25, 0.125)
+
+  # The objective (mmfa_delta.md 7-13): each weight multiplies one term of mmfa_jax.losses.
+  config.loss = ml_collections.ConfigDict(
+    dict(
+      # "vgg19" (frozen, config.pretrained.vgg19) or "pixels" (L1 on the image pyramid itself,
+      # for runs without pretrained weights; weight perceptual_layer_weights[0]).
+      perceptual_features="vgg19",
+      perceptual_layer_weights=(10.0, 10.0, 10.0, 10.0, 10.0),
+      perceptual_min_size=32,  # each MMFA output's pyramid goes down to this size
+      vggface=10.0,  # VGG-Face term on the full-size output; 0 disables it
+      gan_mode="ls",
+      generator_gan=1.0,
+      discriminator_gan=1.0,
+      feature_matching=(10.0, 10.0, 10.0, 10.0),
+      equivariance=10.0,
+      keypoint_prior=10.0,
+      keypoint_distance=0.1,
+      keypoint_depth=0.33,
+      deformation_prior=5.0,
+      representation=1.0,  # self-supervised cosine loss on A(I_d)
+      identity=10.0,  # canonical keypoint consistency
+      landmark=0.0,  # needs a frozen landmark network (mmfa_jax.train.LandmarkNetwork)
+      headpose=0.0,  # face-vid2vid only: HEEstimator angles against Hopenet, degrees
+      similarity=dict(max_rotation=15.0, scale_range=(0.9, 1.1), max_translation=0.1),
+    )
+  )
+  # Adam with the reference's betas and learning rate; x0.1 at 60% of training (MultiStepLR).
+  config.optim = ml_collections.ConfigDict(
+    dict(
+      learning_rate=2e-4,
+      discriminator_learning_rate=2e-4,
+      b1=0.5,
+      b2=0.999,
+      decay_at=(0.6,),  # fractions of train.num_steps
+      decay=0.1,
+      clip_norm=ml_collections.config_dict.placeholder(float),
+    )
+  )
+  config.train = ml_collections.ConfigDict(
+    dict(
+      seed=0,
+      num_steps=300_000,
+      stop_after_steps=ml_collections.config_dict.placeholder(int),  # end this run early
+      dtype="float32",  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+      num_devices=0,  # 0: every device of every process
+      log_every=100,
+      sample_every=2000,
+      checkpoint_every=2000,
+      keep_checkpoints=3,
+      async_checkpoints=True,
+      compilation_cache=ml_collections.config_dict.placeholder(str),  # XLA cache directory
+      progress_bar=True,
+    )
+  )
   return config

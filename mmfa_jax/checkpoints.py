@@ -188,3 +188,66 @@ def load_pretrained(
   if problems:
     raise ConvertedWeightsError("\n".join(problems))
   return {kind: load_converted(pretrained.get(kind), kind)[0] for kind in kinds}
+
+
+class TrainingCheckpoints:
+  """Orbax checkpoints of a training run: both train states, the data iterator and the step.
+
+  Saves are asynchronous (the device-to-host copy blocks, the writing does not); orbax writes each
+  step under a temporary name and renames it when complete, so ``latest_step`` only ever sees whole
+  checkpoints and an interrupted save leaves the previous ones usable. Keeps the last ``keep``.
+  """
+
+  def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
+    import orbax.checkpoint as ocp
+
+    self.directory = os.path.abspath(os.fspath(directory))
+    self._ocp = ocp
+    self.manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+      ),
+    )
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, generator: Any, discriminator: Any, data_iterator: Any = None) -> bool:
+    """Starts saving ``step`` (returns at once when asynchronous); False if it already exists."""
+    import grain
+
+    ocp = self._ocp
+    items = dict(
+      generator=ocp.args.StandardSave(generator),
+      discriminator=ocp.args.StandardSave(discriminator),
+    )
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    if step in self.manager.all_steps():
+      return False
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(
+    self, step: int, generator: Any, discriminator: Any, data_iterator: Any = None
+  ) -> tuple[Any, Any]:
+    """Restores the states onto the abstract targets (shapes, dtypes, shardings) and, if given,
+    sets ``data_iterator`` to where it was."""
+    import grain
+
+    ocp = self._ocp
+    items = dict(
+      generator=ocp.args.StandardRestore(generator),
+      discriminator=ocp.args.StandardRestore(discriminator),
+    )
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["generator"], restored["discriminator"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -84,17 +84,17 @@ def apply_gradients(
   state stay as they were and ``skipped`` is 1; the step counter advances either way.
   """
   finite = all_finite(grads) if loss is None else all_finite(grads) & jnp.isfinite(loss)
-  safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-  updates, opt_state = state.tx.update(safe_grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
 
-  def pick(new: Any, old: Any) -> Any:
-    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  def update(_: None) -> tuple[Any, Any, Any]:
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), batch_stats, opt_state
 
+  def keep(_: None) -> tuple[Any, Any, Any]:
+    return state.params, state.batch_stats, state.opt_state
+
+  # A conditional, not a select per leaf: far less for XLA to compile and nothing computed twice.
+  params, new_stats, opt_state = jax.lax.cond(finite, update, keep, None)
   new_state = state.replace(
-    step=state.step + 1,
-    params=pick(params, state.params),
-    batch_stats=pick(batch_stats, state.batch_stats),
-    opt_state=pick(opt_state, state.opt_state),
+    step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state
   )
   return new_state, (~finite).astype(jnp.int32)

@@ -10,7 +10,13 @@ from PIL import Image
 from tool_runner import run_tool
 
 from mmfa_jax.data import augment
-from mmfa_jax.data.pipeline import SyntheticSource, VideoFolderSource, index_dataset, train_dataset
+from mmfa_jax.data.pipeline import (
+  ProcessBatchSlice,
+  SyntheticSource,
+  VideoFolderSource,
+  index_dataset,
+  train_dataset,
+)
 from mmfa_jax.data.synthetic import EXPRESSIONS, SyntheticHeads
 from mmfa_jax.data.video import FrameReadError, count_frames, read_frames, read_image
 
@@ -129,12 +135,25 @@ def test_synthetic_pipeline_batches_resume_and_workers():
   np.testing.assert_array_equal(next(with_workers)["driving"], first["driving"])
 
 
-def test_two_processes_read_disjoint_slices():
-  num_items = 10
-  parts = [index_dataset(num_items, seed=5, process_index=p, process_count=2) for p in (0, 1)]
-  epoch = [[int(part[i]) for i in range(num_items // 2)] for part in parts]
-  assert not set(epoch[0]) & set(epoch[1])
-  assert sorted(epoch[0] + epoch[1]) == list(range(num_items))
+def test_two_processes_read_disjoint_rows_of_the_same_global_batches():
+  num_items, global_batch = 12, 4
+  order = index_dataset(num_items, seed=5)
+  epoch = sorted(int(order[i]) for i in range(num_items))
+  assert epoch == list(range(num_items))
+  parts = [ProcessBatchSlice(order, global_batch, p, 2) for p in (0, 1)]
+  for batch in range(3):
+    rows = [[int(part[batch * 2 + r]) for r in range(2)] for part in parts]
+    assert not set(rows[0]) & set(rows[1])
+    expected = [int(order[batch * global_batch + r]) for r in range(global_batch)]
+    assert rows[0] + rows[1] == expected
+  source = SyntheticSource(SyntheticHeads(seed=0, num_videos=5, num_frames=8))
+  kwargs = dict(image_size=16, batch_size=4, seed=2, augment=True, read_threads=1, prefetch=2)
+  whole = next(iter(train_dataset(source, process_index=0, process_count=1, **kwargs)))
+  halves = [
+    next(iter(train_dataset(source, process_index=p, process_count=2, **kwargs))) for p in (0, 1)
+  ]
+  for key in ("source", "driving"):
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
 
 
 def _write_mp4(path, frames, fps=25):

@@ -133,13 +133,44 @@ class PairSampler(grain.transforms.RandomMap):
     return {"source": source, "driving": driving, "skipped": np.int32(skipped)}
 
 
-def index_dataset(
-  num_items: int, seed: int, process_index: int = 0, process_count: int = 1
-) -> grain.MapDataset:
-  """Shuffled, repeated item indices, this process's slice (every process sees disjoint items)."""
-  return (
-    grain.MapDataset.range(num_items).seed(seed).shuffle().repeat()[process_index::process_count]
-  )
+def index_dataset(num_items: int, seed: int) -> grain.MapDataset:
+  """Item indices, shuffled anew each epoch and repeated forever (the global order)."""
+  return grain.MapDataset.range(num_items).seed(seed).shuffle().repeat()
+
+
+class ProcessBatchSlice(grain.MapDataset):
+  """This process's rows of each global batch: global batch ``b`` is elements ``[b*G, (b+1)*G)``
+  of the parent and process ``p`` of ``n`` reads rows ``[p*L, (p+1)*L)`` of it (``L = G / n``).
+
+  So the global batch (and the randomness drawn for each of its elements, seeded by the parent's
+  index) is the same for any number of processes, and processes never read the same element.
+  """
+
+  def __init__(
+    self, parent: grain.MapDataset, global_batch: int, process_index: int, process_count: int
+  ):
+    super().__init__(parent)
+    if global_batch % process_count:
+      raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    self._global = global_batch
+    self._local = global_batch // process_count
+    self._offset = process_index * self._local
+    self._length = len(parent) // global_batch * self._local
+
+  def __len__(self) -> int:
+    return self._length
+
+  def parent_index(self, index: int) -> int:
+    batch, row = divmod(index, self._local)
+    return batch * self._global + self._offset + row
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self.parent_index(index)]
+
+  def __str__(self) -> str:
+    return f"ProcessBatchSlice(global={self._global}, local={self._local}, offset={self._offset})"
 
 
 def train_dataset(
@@ -157,14 +188,16 @@ def train_dataset(
 ) -> grain.IterDataset:
   """Per-process batches of ``batch_size // process_count`` pairs (``batch_size`` is global).
 
-  ``read_threads`` and ``prefetch`` (elements read ahead) are grain's ReadOptions.
+  The processes' batches put side by side (process order) are the global batch, identical for any
+  process count (``ProcessBatchSlice``). ``read_threads`` and ``prefetch`` (elements read ahead)
+  are grain's ReadOptions.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if batch_size % process_count:
     raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
-  dataset = index_dataset(len(source), seed, process_index, process_count)
-  dataset = dataset.random_map(PairSampler(source, image_size, augment))
+  dataset = index_dataset(len(source), seed).random_map(PairSampler(source, image_size, augment))
+  dataset = ProcessBatchSlice(dataset, batch_size, process_index, process_count)
   read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True).to_iter_dataset(
     read_options

@@ -27,15 +27,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HOPENET_SIZE = 224
 
 
-def prepare_hopenet_input(images: jax.Array) -> jax.Array:
-  """``(B, H, W, 3)`` RGB in [0, 1] -> ``(B, 224, 224, 3)`` ImageNet-normalised, no antialias."""
+def prepare_hopenet_input(images: jax.Array, size: int | None = HOPENET_SIZE) -> jax.Array:
+  """``(B, H, W, 3)`` RGB in [0, 1] -> ``(B, size, size, 3)`` ImageNet-normalised (bilinear, no
+  antialias); ``size=None`` keeps the input size."""
   batch, _, _, channels = images.shape
-  resized = jax.image.resize(
-    images.astype(jnp.float32),
-    (batch, HOPENET_SIZE, HOPENET_SIZE, channels),
-    "bilinear",
-    antialias=False,
-  )
+  resized = images.astype(jnp.float32)
+  if size is not None:
+    resized = jax.image.resize(resized, (batch, size, size, channels), "bilinear", antialias=False)
   return (resized - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
@@ -45,12 +43,13 @@ class Bottleneck(nn.Module):
   width: int
   stride: int = 1
   downsample: bool = False
+  frozen: bool = True  # BatchNorm with running statistics
   dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     def bn(name: str, h: jax.Array) -> jax.Array:
-      return BatchNorm(use_running_average=True, dtype=self.dtype, name=name)(h)
+      return BatchNorm(use_running_average=self.frozen, dtype=self.dtype, name=name)(h)
 
     def conv(features: int, kernel: int, stride: int, padding: int, name: str) -> Conv:
       return Conv(
@@ -69,24 +68,34 @@ class Bottleneck(nn.Module):
 class Hopenet(nn.Module):
   """Prepared ``(B, 224, 224, 3)`` input -> ``{'yaw', 'pitch', 'roll'}`` 66-bin logits.
 
-  Always in inference mode (frozen BatchNorm statistics). ``angles`` gives degrees.
+  The pretrained network is always in inference mode (frozen BatchNorm statistics).
+  ``trainable=True`` makes a pose network learned from scratch (synthetic experiments without
+  pretrained weights): BatchNorm then uses batch statistics when ``train`` is set.
+  ``angles`` gives degrees.
   """
 
   layers: Sequence[int] = (3, 4, 6, 3)
   widths: Sequence[int] = (64, 128, 256, 512)
   num_bins: int = 66
+  trainable: bool = False
   dtype: Dtype | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    frozen = not (self.trainable and train)
     x = Conv(self.widths[0], (7, 7), 2, 3, use_bias=False, dtype=self.dtype, name="conv1")(x)
-    x = nn.relu(BatchNorm(use_running_average=True, dtype=self.dtype, name="bn1")(x))
+    x = nn.relu(BatchNorm(use_running_average=frozen, dtype=self.dtype, name="bn1")(x))
     x = max_pool(x, (3, 3), (2, 2), 1)
     for layer, (count, width) in enumerate(zip(self.layers, self.widths), start=1):
       for block in range(count):
         stride = 2 if block == 0 and layer > 1 else 1
         x = Bottleneck(
-          width, stride, downsample=block == 0, dtype=self.dtype, name=f"layer{layer}_{block}"
+          width,
+          stride,
+          downsample=block == 0,
+          frozen=frozen,
+          dtype=self.dtype,
+          name=f"layer{layer}_{block}",
         )(x)
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # AvgPool2d(7) on the 7x7 map
     return {

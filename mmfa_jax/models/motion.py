@@ -1,7 +1,8 @@
 """Motion estimate for a (source, driving) pair, for both model variants.
 
 ``'mmfa'`` (mmfa_delta.md 1-5): canonical keypoints from ``KPDetector``; rotation from the frozen
-``Hopenet`` (exact pi, gradients stopped); scale and translation from ``ScaleTranslationHead``;
+``Hopenet`` (exact pi, gradients stopped; ``pose_network='learned'`` trains a Hopenet-shaped network
+from scratch at the input resolution instead, for experiments without pretrained weights); scale and translation from ``ScaleTranslationHead``;
 expression latent from ``ExpressionEncoder``; deformation from ``ExpressionDecoder`` conditioned on
 the **source's** canonical keypoints for both frames;
 ``kp = s * R (canonical + deformation) + t``.
@@ -53,14 +54,19 @@ class MotionEstimator(nn.Module):
   expression_encoder: dict[str, Any] | None = None
   expression_decoder: dict[str, Any] | None = None
   deformation_frame: str = "canonical"
+  pose_network: str = "hopenet"  # or "learned"
   dtype: Dtype | None = None
 
   def setup(self) -> None:
+    if self.pose_network not in ("hopenet", "learned"):
+      raise ValueError(f"pose_network must be 'hopenet' or 'learned', got {self.pose_network!r}")
     if self.variant not in ("mmfa", "face_vid2vid"):
       raise ValueError(f"variant must be 'mmfa' or 'face_vid2vid', got {self.variant!r}")
     self.kp = KPDetector(**(self.kp_detector or {}), dtype=self.dtype)
     if self.variant == "mmfa":
-      self.pose = Hopenet(**(self.hopenet or {}), dtype=self.dtype)
+      self.pose = Hopenet(
+        **(self.hopenet or {}), trainable=self.pose_network == "learned", dtype=self.dtype
+      )
       self.scale_translation_head = ScaleTranslationHead(
         **(self.scale_translation or {}), dtype=self.dtype
       )
@@ -84,8 +90,12 @@ class MotionEstimator(nn.Module):
     ``expression_latent`` ``(B, d)``.
     """
     if self.variant == "mmfa":
-      logits = self.pose(prepare_hopenet_input(image))
-      angles = {k: jax.lax.stop_gradient(bins_to_degrees(v)) for k, v in logits.items()}
+      if self.pose_network == "hopenet":
+        logits = self.pose(prepare_hopenet_input(image))
+        angles = {k: jax.lax.stop_gradient(bins_to_degrees(v)) for k, v in logits.items()}
+      else:
+        logits = self.pose(prepare_hopenet_input(image, size=None), train)
+        angles = {k: bins_to_degrees(v) for k, v in logits.items()}
       rotation = rotation_matrix(angles["yaw"], angles["pitch"], angles["roll"])
       head = self.scale_translation_head(image, train)
       latent = self.exp_encoder(image, train)
@@ -162,6 +172,7 @@ def motion_estimator_kwargs(model_config: Any) -> dict[str, Any]:
     expression_encoder=section("expression_encoder"),
     expression_decoder=section("expression_decoder"),
     deformation_frame=model_config.get("deformation_frame", "canonical"),
+    pose_network=model_config.get("pose_network", "hopenet"),
   )
 
 

@@ -23,7 +23,13 @@ from mmfa_jax.ops.rotation import (
   rotation_matrix,
   rotation_matrix_to_euler,
 )
-from mmfa_jax.ops.tps import TPSTransform, sample_tps_transform, warp_coordinates, warp_image
+from mmfa_jax.ops.tps import (
+  TPSTransform,
+  sample_similarity_transform,
+  sample_tps_transform,
+  warp_coordinates,
+  warp_image,
+)
 
 __all__ = [
   "TPSTransform",
@@ -45,6 +51,7 @@ __all__ = [
   "relative_keypoints",
   "rotation_matrix",
   "rotation_matrix_to_euler",
+  "sample_similarity_transform",
   "sample_tps_transform",
   "sparse_motions",
   "warp_coordinates",

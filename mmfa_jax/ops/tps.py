@@ -53,6 +53,33 @@ def sample_tps_transform(
   return TPSTransform(affine, control_points, control_weights)
 
 
+def sample_similarity_transform(
+  rng: jax.Array,
+  batch_size: int,
+  *,
+  max_rotation: float = 15.0,
+  scale_range: tuple[float, float] = (0.9, 1.1),
+  max_translation: float = 0.1,
+) -> TPSTransform:
+  """Random similarity warps (the representation loss's augmentation A, mmfa_delta 8) as a
+  ``TPSTransform`` with no spline part: rotation uniform in ``[-max_rotation, max_rotation]``
+  degrees, isotropic scale uniform in ``scale_range``, translation uniform in
+  ``[-max_translation, max_translation]`` (normalised coordinates, 2 = the image width)."""
+  angle_rng, scale_rng, shift_rng = jax.random.split(rng, 3)
+  angle = jnp.deg2rad(
+    jax.random.uniform(angle_rng, (batch_size,), minval=-max_rotation, maxval=max_rotation)
+  )
+  scale = jax.random.uniform(scale_rng, (batch_size,), minval=scale_range[0], maxval=scale_range[1])
+  shift = jax.random.uniform(
+    shift_rng, (batch_size, 2), minval=-max_translation, maxval=max_translation
+  )
+  cos, sin = scale * jnp.cos(angle), scale * jnp.sin(angle)
+  affine = jnp.stack(
+    [jnp.stack([cos, -sin, shift[:, 0]], -1), jnp.stack([sin, cos, shift[:, 1]], -1)], axis=1
+  )  # (B, 2, 3)
+  return TPSTransform(affine, jnp.zeros((1, 2)), jnp.zeros((batch_size, 1)))
+
+
 def warp_coordinates(transform: TPSTransform, points: jax.Array) -> jax.Array:
   """Applies ``T`` to ``(B, N, 2)`` (x, y) points (or ``(N, 2)``, shared by the batch).
 

@@ -1,0 +1,76 @@
+"""Training entry point: ``python -m mmfa_jax.main --config=configs/vox.py --workdir=DIR``.
+
+Any config field can be overridden (``--config.data.batch_size=16``). Re-running the same command
+resumes from the latest checkpoint in ``--workdir``. For several processes (multi-host, or several
+processes on one machine) run the same command in each, either where ``jax.distributed`` finds the
+cluster by itself (Cloud TPU, Slurm, Kubernetes) or with ``--coordinator_address``,
+``--num_processes`` and ``--process_id``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0, for multi-process runs."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_CPU_COLLECTIVES = flags.DEFINE_enum(
+  "cpu_collectives", "gloo", ["gloo", "mpi", "none"], "Collectives for multi-process CPU runs."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize`` when this is one of several processes (explicit flags, or a
+  cluster JAX detects by itself); a single process needs nothing."""
+  if _COORDINATOR.value or _NUM_PROCESSES.value:
+    if _CPU_COLLECTIVES.value != "none":
+      jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
+    return
+  try:
+    jax.distributed.initialize()
+  except (ValueError, RuntimeError):
+    pass  # not in a detectable cluster: a single process
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  initialize_distributed()
+  config = _CONFIG.value
+  if config.train.get("compilation_cache"):
+    jax.config.update("jax_compilation_cache_dir", config.train.compilation_cache)
+  logging.info(
+    "process %d of %d, %d local / %d global devices (%s)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
+  from mmfa_jax.checkpoints import ConvertedWeightsError
+  from mmfa_jax.train import train_and_evaluate
+
+  try:
+    train_and_evaluate(config, _WORKDIR.value)
+  except (ConvertedWeightsError, FileNotFoundError, ValueError) as error:
+    logging.error("%s", error)
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

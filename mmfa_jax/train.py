@@ -1,0 +1,783 @@
+"""Training: the MMFA (or face-vid2vid) objective in one jit-compiled step over a device mesh.
+
+``Trainer(config)`` builds the networks from the config, loads the frozen ones (Hopenet, VGG19,
+VGG-Face, an optional landmark network) and compiles ``train_step``, which does the generator update
+and then the discriminator update on a global batch sharded along the ``data`` axis of a ``Mesh``
+(states and frozen networks replicated). ``train_and_evaluate(config, workdir)`` is the loop:
+orbax checkpoints (both states and the data iterator, resumed automatically), JSONL / TensorBoard
+metrics, PNG sample grids and a progress bar. Everything random in a step derives from
+``(train.seed, step)``, so a resumed run repeats an uninterrupted one.
+
+The forward pass per pair follows mmfa_delta.md 13 (MMFA) or architecture.md 9 (face-vid2vid).
+Frozen networks are inputs of the step, not part of any train state: the MMFA Hopenet variables are
+put into the model's variable tree at ``motion_estimator/pose`` for the forward pass only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mmfa_jax import losses
+from mmfa_jax.checkpoints import load_pretrained
+from mmfa_jax.models.animation import AnimationModel, animation_model_from_config
+from mmfa_jax.models.discriminator import MultiScaleDiscriminator
+from mmfa_jax.models.hopenet import Hopenet, prepare_hopenet_input
+from mmfa_jax.models.perceptual import VGG19, VGGFace
+from mmfa_jax.ops.pyramid import image_pyramid
+from mmfa_jax.ops.rotation import bins_to_degrees
+from mmfa_jax.ops.tps import sample_similarity_transform, sample_tps_transform, warp_image
+from mmfa_jax.train_state import TrainState, apply_gradients, make_optimizer, step_schedule
+
+DATA_AXIS = "data"
+POSE_PATH = ("motion_estimator", "pose")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Metrics summed over a logging window (counts); every other metric is averaged.
+COUNTED_METRICS = ("generator_skipped", "discriminator_skipped", "skipped_samples")
+
+
+class LandmarkNetwork(Protocol):
+  """A frozen, differentiable 2D landmark detector for the landmark loss (mmfa_delta 10).
+
+  ``apply(variables, images)`` maps ``(B, H, W, 3)`` images in [0, 1] to ``(B, L, 2)`` landmarks
+  in normalised (x, y) coordinates; ``point_weights`` ``(L,)`` carries the per-part factors (eyes
+  and brows, mouth, the rest).
+  """
+
+  point_weights: np.ndarray
+
+  def apply(self, variables: Any, images: jax.Array) -> jax.Array: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Mesh and shardings
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """A 1-D ``data`` mesh over the first ``num_devices`` devices of all processes (0: all)."""
+  devices = jax.devices()
+  count = num_devices or len(devices)
+  if count > len(devices):
+    raise ValueError(f"train.num_devices={count} but only {len(devices)} devices are visible")
+  return jax.make_mesh((count,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices[:count])
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+# --------------------------------------------------------------------------------------------
+# Variable trees
+
+
+def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+  for key in path:
+    if not isinstance(tree, Mapping) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree
+
+
+def _without(tree: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+  """A copy of nested dicts without ``path`` (no-op when it is absent)."""
+  tree = dict(tree)
+  if len(path) == 1:
+    tree.pop(path[0], None)
+  elif path[0] in tree:
+    tree[path[0]] = _without(tree[path[0]], path[1:])
+  return tree
+
+
+def _with(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+  """A copy of nested dicts with ``path`` set to ``value``."""
+  tree = dict(tree)
+  if len(path) == 1:
+    tree[path[0]] = value
+  else:
+    tree[path[0]] = _with(tree.get(path[0], {}), path[1:], value)
+  return tree
+
+
+def required_pretrained(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The frozen networks a config needs (kinds of ``config.pretrained``)."""
+  kinds = []
+  variant = config.model.get("variant", "mmfa")
+  if variant == "mmfa" and config.model.get("pose_network", "hopenet") == "hopenet":
+    kinds.append("hopenet")
+  if variant == "face_vid2vid" and config.loss.headpose > 0:
+    kinds.append("hopenet")
+  if config.loss.perceptual_features == "vgg19":
+    kinds.append("vgg19")
+  elif config.loss.perceptual_features != "pixels":
+    raise ValueError(
+      f"config.loss.perceptual_features must be 'vgg19' or 'pixels', got "
+      f"{config.loss.perceptual_features!r}"
+    )
+  if config.loss.vggface > 0:
+    kinds.append("vggface")
+  return tuple(kinds)
+
+
+# --------------------------------------------------------------------------------------------
+# Networks and the objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """Every module the objective uses; frozen ones are ``None`` when the config does not use them."""
+
+  model: AnimationModel
+  discriminator: MultiScaleDiscriminator
+  hopenet: Hopenet | None
+  vgg19: VGG19 | None
+  vggface: VGGFace | None
+  landmarks: LandmarkNetwork | None
+
+  @classmethod
+  def from_config(
+    cls, config: ml_collections.ConfigDict, landmarks: LandmarkNetwork | None = None
+  ) -> Networks:
+    dtype = DTYPES[config.train.dtype]
+    kinds = required_pretrained(config)
+    disc = dict(config.model.discriminator)
+    disc["scales"] = tuple(float(s) for s in disc["scales"])
+    if config.loss.landmark > 0 and landmarks is None:
+      raise ValueError(
+        "config.loss.landmark > 0 needs a frozen landmark network "
+        "(Trainer(config, landmarks=...)); none is configured"
+      )
+    return cls(
+      model=animation_model_from_config(config.model, dtype=dtype),
+      discriminator=MultiScaleDiscriminator(**disc, dtype=dtype),
+      hopenet=Hopenet(**dict(config.model.hopenet), dtype=dtype) if "hopenet" in kinds else None,
+      vgg19=VGG19(dtype=dtype) if "vgg19" in kinds else None,
+      vggface=VGGFace(dtype=dtype) if "vggface" in kinds else None,
+      landmarks=landmarks if config.loss.landmark > 0 else None,
+    )
+
+
+def _training_forward(
+  model: AnimationModel,
+  source: jax.Array,
+  driving: jax.Array,
+  transformed: jax.Array,
+  augmented: jax.Array | None,
+  with_identity: bool,
+) -> dict[str, Any]:
+  """One training forward pass (``model.apply(..., method=_training_forward)``), train mode.
+
+  MMFA (mmfa_delta 13): canonical keypoints of the source (and of the driving frame for the
+  identity loss), motion of source and driving on the source's canonical keypoints, generated
+  frames, the warped frame's motion on its **own** canonical keypoints (equivariance), and the
+  expression latent of the augmented driving frame. face-vid2vid: the warped frame's motion on the
+  source's canonical keypoints, as the reference.
+  """
+  estimator = model.motion_estimator
+  source_motion = estimator.source_motion(source, True)
+  canonical_kp = source_motion["canonical_kp"]
+  driving_motion = estimator.driving_motion(driving, canonical_kp, True)
+  generated = model.image_generator(source, source_motion["kp"], driving_motion["kp"], True)
+  out = dict(generated=generated, source_motion=source_motion, driving_motion=driving_motion)
+  if model.variant == "mmfa":
+    transformed_canonical = estimator.canonical_keypoints(transformed, True)
+    out["transformed_motion"] = estimator.frame_motion(transformed, transformed_canonical, True)
+    if with_identity:
+      out["driving_canonical_kp"] = estimator.canonical_keypoints(driving, True)
+    if augmented is not None:
+      out["augmented_latent"] = estimator.exp_encoder(augmented, True)
+  else:
+    out["transformed_motion"] = estimator.frame_motion(transformed, canonical_kp, True)
+  return out
+
+
+def _float32(tree: Any) -> Any:
+  return jax.tree.map(
+    lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+  )
+
+
+class Objective:
+  """The weighted loss terms of a config, as pure functions of variables and a batch."""
+
+  def __init__(self, config: ml_collections.ConfigDict, networks: Networks):
+    self.config = config
+    self.loss = config.loss
+    self.nets = networks
+    self.variant = config.model.get("variant", "mmfa")
+    self.disc_scales = tuple(float(s) for s in config.model.discriminator.scales)
+
+  # -- frozen feature extractors
+  def _perceptual_features(self, frozen: Mapping[str, Any]) -> tuple[Callable, tuple[float, ...]]:
+    weights = tuple(self.loss.perceptual_layer_weights)
+    if self.loss.perceptual_features == "pixels":
+      return (lambda images: [images]), weights[:1]
+    vgg19, variables = self.nets.vgg19, frozen["vgg19"]
+    return (lambda images: _float32(vgg19.apply(variables, images))), weights
+
+  def model_variables(self, params: Any, batch_stats: Any, frozen: Mapping[str, Any]) -> dict:
+    """The model's full variable tree: trained variables plus a frozen MMFA Hopenet."""
+    if self.variant == "mmfa" and "hopenet" in frozen:
+      params = _with(params, POSE_PATH, frozen["hopenet"]["params"])
+      batch_stats = _with(batch_stats, POSE_PATH, frozen["hopenet"]["batch_stats"])
+    return {"params": params, "batch_stats": batch_stats}
+
+  def trained_part(self, variables: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(params, batch_stats) of a full model variable tree, less the frozen MMFA Hopenet."""
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    if self.variant == "mmfa" and self.config.model.get("pose_network", "hopenet") == "hopenet":
+      params, stats = _without(params, POSE_PATH), _without(stats, POSE_PATH)
+    return params, stats
+
+  def discriminate(
+    self, params: Any, batch_stats: Any, images: jax.Array
+  ) -> tuple[dict[float, Any], Any]:
+    """Discriminator (train mode: one spectral-norm power iteration) on an image pyramid."""
+    outputs, updated = self.nets.discriminator.apply(
+      {"params": params, "batch_stats": batch_stats},
+      image_pyramid(images, self.disc_scales),
+      True,
+      mutable=["batch_stats"],
+    )
+    return _float32(outputs), updated["batch_stats"]
+
+  # -- generator side
+  def generator_loss(
+    self,
+    params: Any,
+    batch_stats: Any,
+    disc_variables: tuple[Any, Any],
+    frozen: Mapping[str, Any],
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+  ) -> tuple[jax.Array, dict[str, Any]]:
+    """Total weighted generator loss and ``aux`` (terms, new statistics, outputs)."""
+    loss = self.loss
+    source, driving = batch["source"], batch["driving"]
+    batch_size = source.shape[0]
+    tps_rng, similarity_rng = jax.random.split(rng)
+    transform = sample_tps_transform(tps_rng, batch_size, **dict(self.config.transform))
+    transformed = warp_image(transform, driving)  # (B, H, W, 3)
+    augmented = None
+    if self.variant == "mmfa" and loss.representation > 0:
+      similarity = dict(loss.similarity)
+      similarity["scale_range"] = tuple(similarity["scale_range"])
+      augmented = warp_image(
+        sample_similarity_transform(similarity_rng, batch_size, **similarity), driving
+      )
+    with_identity = self.variant == "mmfa" and loss.identity > 0
+    out, updated = self.nets.model.apply(
+      self.model_variables(params, batch_stats, frozen),
+      source,
+      driving,
+      transformed,
+      augmented,
+      with_identity,
+      method=_training_forward,
+      mutable=["batch_stats"],
+    )
+    out = _float32(out)
+    _, new_stats = self.trained_part({"params": params, "batch_stats": updated["batch_stats"]})
+    generated = out["generated"]
+    prediction = generated["prediction"]
+    driving_motion = out["driving_motion"]
+    terms = {}
+
+    features, layer_weights = self._perceptual_features(frozen)
+    if "predictions" in generated:
+      terms["perceptual"] = losses.multiscale_perceptual(
+        features,
+        generated["predictions"],
+        driving,
+        layer_weights,
+        min_size=loss.perceptual_min_size,
+      )
+    else:
+      terms["perceptual"] = losses.perceptual_pyramid(
+        features, prediction, driving, tuple(self.config.perceptual_scales), layer_weights
+      )
+    if loss.vggface > 0:
+      vggface, variables = self.nets.vggface, frozen["vggface"]
+      terms["vggface"] = losses.vggface_perceptual(
+        lambda images: _float32(vggface.apply(variables, images)),
+        prediction,
+        driving,
+        loss.vggface,
+      )
+
+    disc_params, disc_stats = disc_variables
+    if loss.generator_gan > 0 or any(w > 0 for w in loss.feature_matching):
+      fake, disc_stats = self.discriminate(disc_params, disc_stats, prediction)
+      real, disc_stats = self.discriminate(disc_params, disc_stats, driving)
+      scales = sorted(fake)
+      terms["generator_gan"] = loss.generator_gan * losses.generator_gan(
+        [fake[s][1] for s in scales], loss.gan_mode
+      )
+      terms["feature_matching"] = sum(
+        losses.feature_matching(real[s][0], fake[s][0], tuple(loss.feature_matching))
+        for s in scales
+      )
+
+    if loss.equivariance > 0:
+      terms["equivariance"] = loss.equivariance * losses.equivariance(
+        driving_motion["kp"], out["transformed_motion"]["kp"], transform
+      )
+    if loss.keypoint_prior > 0:
+      terms["keypoint_prior"] = loss.keypoint_prior * losses.keypoint_prior(
+        driving_motion["kp"], loss.keypoint_distance, loss.keypoint_depth
+      )
+    if loss.deformation_prior > 0:
+      terms["deformation_prior"] = loss.deformation_prior * losses.deformation_prior(
+        driving_motion["expression_deformation"]
+      )
+    if "augmented_latent" in out:
+      terms["representation"] = loss.representation * losses.representation(
+        driving_motion["expression_latent"], out["augmented_latent"]
+      )
+    if "driving_canonical_kp" in out:
+      terms["identity"] = loss.identity * losses.identity_consistency(
+        out["source_motion"]["canonical_kp"], out["driving_canonical_kp"]
+      )
+    if self.variant == "face_vid2vid" and loss.headpose > 0:
+      logits = self.nets.hopenet.apply(frozen["hopenet"], prepare_hopenet_input(driving))
+      target = {k: bins_to_degrees(v.astype(jnp.float32)) for k, v in logits.items()}
+      terms["headpose"] = loss.headpose * losses.headpose(driving_motion, target)
+    if loss.landmark > 0:
+      detector = self.nets.landmarks
+      terms["landmark"] = loss.landmark * losses.landmark(
+        detector.apply(frozen["landmarks"], prediction),
+        detector.apply(frozen["landmarks"], driving),
+        jnp.asarray(detector.point_weights, jnp.float32),
+      )
+    total = sum(terms.values())
+    return total, dict(terms=terms, batch_stats=new_stats, disc_stats=disc_stats, out=out)
+
+  # -- discriminator side
+  def discriminator_loss(
+    self, params: Any, batch_stats: Any, real: jax.Array, fake: jax.Array
+  ) -> tuple[jax.Array, Any]:
+    fake_out, batch_stats = self.discriminate(params, batch_stats, jax.lax.stop_gradient(fake))
+    real_out, batch_stats = self.discriminate(params, batch_stats, real)
+    scales = sorted(fake_out)
+    value = self.loss.discriminator_gan * losses.discriminator_gan(
+      [real_out[s][1] for s in scales], [fake_out[s][1] for s in scales], self.loss.gan_mode
+    )
+    return value, batch_stats
+
+
+# --------------------------------------------------------------------------------------------
+# Train step
+
+
+def train_step(
+  objective: Objective,
+  generator: TrainState,
+  discriminator: TrainState,
+  frozen: Mapping[str, Any],
+  batch: Mapping[str, jax.Array],
+  key: jax.Array,
+) -> tuple[TrainState, TrainState, dict[str, jax.Array]]:
+  """Generator update, then discriminator update on the (detached) new prediction.
+
+  A side whose loss or gradients are not finite keeps its parameters (``apply_gradients``); the
+  metrics say so (``generator_skipped``, ``discriminator_skipped``).
+  """
+  rng = jax.random.fold_in(key, generator.step)
+  grad_fn = jax.value_and_grad(objective.generator_loss, has_aux=True)
+  (g_loss, aux), g_grads = grad_fn(
+    generator.params,
+    generator.batch_stats,
+    (discriminator.params, discriminator.batch_stats),
+    frozen,
+    batch,
+    rng,
+  )
+  new_generator, g_skipped = apply_gradients(generator, g_grads, aux["batch_stats"], loss=g_loss)
+
+  prediction = aux["out"]["generated"]["prediction"]
+  d_grad_fn = jax.value_and_grad(objective.discriminator_loss, has_aux=True)
+  (d_loss, d_stats), d_grads = d_grad_fn(
+    discriminator.params, aux["disc_stats"], batch["driving"], prediction
+  )
+  new_discriminator, d_skipped = apply_gradients(discriminator, d_grads, d_stats, loss=d_loss)
+
+  metrics = dict(aux["terms"])
+  metrics.update(
+    generator_loss=g_loss,
+    discriminator_gan=d_loss,
+    generator_skipped=g_skipped,
+    discriminator_skipped=d_skipped,
+    skipped_samples=jnp.sum(batch["skipped"]) if "skipped" in batch else jnp.zeros((), jnp.int32),
+  )
+  return new_generator, new_discriminator, metrics
+
+
+def sample_step(
+  objective: Objective,
+  generator: TrainState,
+  frozen: Mapping[str, Any],
+  batch: Mapping[str, jax.Array],
+) -> dict[str, jax.Array]:
+  """Generated frames (train-mode statistics, nothing updated) for the sample grid."""
+  variables = objective.model_variables(generator.params, generator.batch_stats, frozen)
+  out, _ = objective.nets.model.apply(
+    variables, batch["source"], batch["driving"], True, mutable=["batch_stats"]
+  )
+  out = _float32(out)
+  result = {
+    "prediction": out["prediction"],
+    "kp_source": out["kp_source"],
+    "kp_driving": out["kp_driving"],
+  }
+  if "predictions" in out:
+    result["predictions"] = out["predictions"]
+  if out.get("occlusion_map") is not None:
+    result["occlusion_map"] = out["occlusion_map"]
+  return result
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer: networks + optimizers + compiled functions
+
+
+class Trainer:
+  """Networks, frozen variables, optimizers and the compiled step of one config on one mesh.
+
+  Args:
+    config: an experiment config (``configs/vox.py`` layout).
+    mesh: device mesh (default ``make_mesh(config.train.num_devices)``).
+    frozen: frozen variables ``{kind: variables}``; default ``load_pretrained`` of the kinds
+      ``required_pretrained(config)`` names (checked before anything is compiled).
+    landmarks: a ``LandmarkNetwork`` (with ``frozen['landmarks']``) for the landmark loss.
+  """
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh | None = None,
+    frozen: Mapping[str, Any] | None = None,
+    landmarks: LandmarkNetwork | None = None,
+  ):
+    self.config = config
+    self.mesh = mesh or make_mesh(config.train.num_devices)
+    if config.data.batch_size % self.mesh.size:
+      raise ValueError(
+        f"config.data.batch_size={config.data.batch_size} is not divisible by the "
+        f"{self.mesh.size} devices of the mesh"
+      )
+    self.networks = Networks.from_config(config, landmarks)
+    self.objective = Objective(config, self.networks)
+    if frozen is None:
+      frozen = load_pretrained(config.pretrained, required_pretrained(config))
+    missing = [k for k in required_pretrained(config) if k not in frozen]
+    if config.loss.landmark > 0 and "landmarks" not in frozen:
+      missing.append("landmarks")
+    if missing:
+      raise ValueError(f"frozen variables missing for {missing}")
+    self.frozen = jax.device_put(dict(frozen), replicated(self.mesh))
+    optim = config.optim
+    milestones = [int(round(f * config.train.num_steps)) for f in optim.decay_at]
+    self.generator_schedule = step_schedule(optim.learning_rate, milestones, optim.decay)
+    self.discriminator_schedule = step_schedule(
+      optim.discriminator_learning_rate, milestones, optim.decay
+    )
+    self._step = jax.jit(
+      functools.partial(train_step, self.objective),
+      in_shardings=(
+        replicated(self.mesh),
+        replicated(self.mesh),
+        replicated(self.mesh),
+        batch_sharding(self.mesh),
+        replicated(self.mesh),
+      ),
+      out_shardings=(replicated(self.mesh), replicated(self.mesh), replicated(self.mesh)),
+      donate_argnums=(0, 1),
+    )
+    self._sample = jax.jit(
+      functools.partial(sample_step, self.objective),
+      in_shardings=(replicated(self.mesh), replicated(self.mesh), batch_sharding(self.mesh)),
+      out_shardings=replicated(self.mesh),
+    )
+
+  # -- states
+  def _optimizer(self, params: Any, schedule: Any) -> Any:
+    optim = self.config.optim
+    return make_optimizer(
+      params, schedule, b1=optim.b1, b2=optim.b2, clip_norm=optim.clip_norm, frozen_prefixes=()
+    )
+
+  def states_from_variables(
+    self, model_variables: Mapping[str, Any], disc_variables: Mapping[str, Any]
+  ) -> tuple[TrainState, TrainState]:
+    """Fresh train states (step 0, new optimizer state) from full variable trees."""
+    params, stats = self.objective.trained_part(model_variables)
+    generator = TrainState.create(params, stats, self._optimizer(params, self.generator_schedule))
+    discriminator = TrainState.create(
+      disc_variables["params"],
+      disc_variables.get("batch_stats", {}),
+      self._optimizer(disc_variables["params"], self.discriminator_schedule),
+    )
+    return jax.device_put((generator, discriminator), replicated(self.mesh))
+
+  def _init_variables(self, seed: int) -> tuple[Any, Any]:
+    size = self.config.image_size
+    image = jnp.zeros((1, size, size, self.config.image_channels), jnp.float32)
+    pyramid = image_pyramid(image, self.objective.disc_scales)
+    nets = self.networks
+
+    def init(key: jax.Array) -> tuple[Any, Any]:
+      model_key, disc_key = jax.random.split(key)
+      return nets.model.init(model_key, image, image), nets.discriminator.init(disc_key, pyramid)
+
+    # RBG keys make the init far cheaper to compile than threefry (15 s instead of 45 s for the tiny
+    # model on a 2-core CPU); initial values then depend on the platform, which is harmless.
+    return init, jax.random.key(seed, impl="unsafe_rbg")
+
+  def init_states(self, seed: int | None = None) -> tuple[TrainState, TrainState]:
+    """Random initial states (one compiled init, outputs replicated on the mesh)."""
+    init, key = self._init_variables(self.config.train.seed if seed is None else seed)
+    model_variables, disc_variables = jax.jit(init, out_shardings=replicated(self.mesh))(key)
+    return self.states_from_variables(model_variables, disc_variables)
+
+  def abstract_states(self) -> tuple[TrainState, TrainState]:
+    """Shapes, dtypes and shardings of the states (restore targets), without computing them."""
+    init, key = self._init_variables(0)
+    sharding = replicated(self.mesh)
+
+    def states(key: jax.Array) -> tuple[TrainState, TrainState]:
+      model_variables, disc_variables = init(key)
+      params, stats = self.objective.trained_part(model_variables)
+      return (
+        TrainState.create(params, stats, self._optimizer(params, self.generator_schedule)),
+        TrainState.create(
+          disc_variables["params"],
+          disc_variables.get("batch_stats", {}),
+          self._optimizer(disc_variables["params"], self.discriminator_schedule),
+        ),
+      )
+
+    shapes = jax.eval_shape(states, key)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+  def model_variables(self, generator: TrainState) -> dict[str, Any]:
+    """The full model variable tree (frozen Hopenet included) of a generator state."""
+    return self.objective.model_variables(generator.params, generator.batch_stats, self.frozen)
+
+  # -- compiled functions
+  def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded on the mesh's data axis."""
+    sharding = batch_sharding(self.mesh)
+    return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      for k, v in local_batch.items()
+    }
+
+  def step(
+    self,
+    generator: TrainState,
+    discriminator: TrainState,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
+  ) -> tuple[TrainState, TrainState, dict[str, jax.Array]]:
+    """One compiled training step (the input states are donated)."""
+    return self._step(generator, discriminator, self.frozen, batch, key)
+
+  def sample(self, generator: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return self._sample(generator, self.frozen, batch)
+
+  def learning_rates(self, step: int) -> dict[str, float]:
+    return {
+      "learning_rate": float(self.generator_schedule(step)),
+      "discriminator_learning_rate": float(self.discriminator_schedule(step)),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Logs
+
+
+class MetricWriter:
+  """Scalars to ``WORKDIR/metrics.jsonl`` (one JSON object per line), the console and, when
+  ``tensorboardX`` (or torch with ``tensorboard``) is installed, TensorBoard event files in
+  ``WORKDIR/tensorboard``. Only process 0 writes (the others' writers are no-ops)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tensorboard = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    try:
+      from tensorboardX import SummaryWriter
+    except ImportError:
+      try:
+        from torch.utils.tensorboard import SummaryWriter
+      except ImportError:
+        SummaryWriter = None
+    if SummaryWriter is None:
+      logging.info("TensorBoard writer not installed (pip install tensorboardX); JSONL only")
+    else:
+      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    with open(self.path, "a") as handle:
+      handle.write(json.dumps(record) + "\n")
+    logging.info(
+      "step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step")
+    )
+    if self._tensorboard is not None:
+      for key, value in scalars.items():
+        self._tensorboard.add_scalar(key, float(value), int(step))
+      self._tensorboard.flush()
+
+  def close(self) -> None:
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+  """The records of ``WORKDIR/metrics.jsonl``, in order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as handle:
+    return [json.loads(line) for line in handle if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, seed: int) -> Any:
+  """This process's batch iterator (checkpointable grain iterator) for ``config.data``."""
+  from mmfa_jax.data.pipeline import make_source, train_dataset
+
+  data = config.data
+  dataset = train_dataset(
+    make_source(data),
+    image_size=config.image_size,
+    batch_size=data.batch_size,
+    seed=seed,
+    augment=data.augment,
+    worker_count=data.get("worker_count", 0),
+    read_threads=data.get("read_threads", 16),
+    prefetch=data.get("prefetch", 500),
+  )
+  return iter(dataset)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """``WORKDIR/config.json`` (what the run was, for animation and for people)."""
+  path = os.path.join(workdir, "config.json")
+  with open(f"{path}.tmp", "w") as handle:
+    handle.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(f"{path}.tmp", path)
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  trainer: Trainer | None = None,
+) -> tuple[TrainState, TrainState]:
+  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the states.
+
+  Writes ``checkpoints/``, ``metrics.jsonl`` (every ``train.log_every`` steps), ``samples/*.png``
+  (every ``train.sample_every`` steps) and ``config.json``.
+  """
+  from mmfa_jax.checkpoints import TrainingCheckpoints
+  from mmfa_jax.visualize import sample_grid, save_png, training_columns
+
+  train = config.train
+  workdir = os.path.abspath(workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    save_config(config, workdir)
+  trainer = trainer or Trainer(config)
+  checkpoints = TrainingCheckpoints(
+    os.path.join(workdir, "checkpoints"), train.keep_checkpoints, train.async_checkpoints
+  )
+  iterator = make_train_iterator(config, train.seed)
+  latest = checkpoints.latest_step()
+  if latest is None:
+    generator, discriminator = trainer.init_states()
+    start = 0
+  else:
+    generator, discriminator = checkpoints.restore(latest, *trainer.abstract_states(), iterator)
+    start = int(generator.step)
+    logging.info("resumed from %s at step %d", checkpoints.directory, start)
+  key = jax.device_put(jax.random.key(train.seed + 1), replicated(trainer.mesh))
+  end = train.num_steps
+  if train.get("stop_after_steps"):
+    end = min(end, start + train.stop_after_steps)
+  writer = MetricWriter(workdir, enabled=is_main)
+  progress = None
+  if is_main and train.progress_bar and start < end:
+    from tqdm import tqdm
+
+    progress = tqdm(total=end, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+  window, window_steps, window_start = None, 0, time.perf_counter()
+  totals = {name: 0 for name in COUNTED_METRICS}
+  step = start
+  try:
+    while step < end:
+      local = next(iterator)
+      batch = trainer.global_batch(local)
+      generator, discriminator, metrics = trainer.step(generator, discriminator, batch, key)
+      # Accumulated on the device, fetched only when logging (no per-step host sync).
+      window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
+      window_steps += 1
+      step += 1
+      if progress is not None:
+        progress.update(1)
+      if step % train.log_every == 0 or step == end:
+        values = jax.device_get(window)
+        elapsed = time.perf_counter() - window_start
+        scalars = {
+          k: float(v) if k in COUNTED_METRICS else float(v) / window_steps
+          for k, v in values.items()
+        }
+        for name in COUNTED_METRICS:
+          totals[name] += int(values[name])
+          scalars[f"total_{name}"] = totals[name]
+        scalars.update(trainer.learning_rates(step - 1))
+        scalars["images_per_second"] = window_steps * config.data.batch_size / elapsed
+        writer.write(step, scalars)
+        if progress is not None:
+          progress.set_postfix(loss=f"{scalars['generator_loss']:.3f}")
+        window, window_steps, window_start = None, 0, time.perf_counter()
+      if train.sample_every and (step % train.sample_every == 0 or step == end):
+        outputs = jax.device_get(trainer.sample(generator, batch))
+        if is_main:
+          shown = {k: np.asarray(v)[: np.asarray(local[k]).shape[0]] for k, v in local.items()}
+          save_png(
+            os.path.join(workdir, "samples", f"step_{step:07d}.png"),
+            sample_grid(training_columns(shown, outputs)),
+          )
+      if step % train.checkpoint_every == 0 or step == end:
+        checkpoints.save(step, generator, discriminator, iterator)
+  finally:
+    checkpoints.close()
+    writer.close()
+    if progress is not None:
+      progress.close()
+  return generator, discriminator

@@ -61,15 +61,17 @@ def main(argv: list[str]) -> None:
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  from mmfa_jax.checkpoints import ConvertedWeightsError
-  from mmfa_jax.train import train_and_evaluate
+  from mmfa_jax.data.pipeline import make_source
+  from mmfa_jax.train import Trainer, train_and_evaluate
 
-  try:
-    train_and_evaluate(config, _WORKDIR.value)
-  except (ConvertedWeightsError, FileNotFoundError, ValueError) as error:
+  try:  # configuration problems: a clear message and exit 2, before anything is compiled
+    make_source(config.data)
+    trainer = Trainer(config)
+  except (ValueError, FileNotFoundError) as error:  # ConvertedWeightsError is a ValueError
     logging.error("%s", error)
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+  train_and_evaluate(config, _WORKDIR.value, trainer=trainer)
 
 
 if __name__ == "__main__":

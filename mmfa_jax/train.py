@@ -492,7 +492,7 @@ class Trainer:
       raise ValueError(f"frozen variables missing for {missing}")
     self.frozen = jax.device_put(dict(frozen), replicated(self.mesh))
     optim = config.optim
-    milestones = [int(round(f * config.train.num_steps)) for f in optim.decay_at]
+    milestones = [round(f * config.train.num_steps) for f in optim.decay_at]
     self.generator_schedule = step_schedule(optim.learning_rate, milestones, optim.decay)
     self.discriminator_schedule = step_schedule(
       optim.discriminator_learning_rate, milestones, optim.decay

@@ -135,6 +135,7 @@ def get_config() -> ml_collections.ConfigDict:
       discriminator_learning_rate=2e-4,
       b1=0.5,
       b2=0.999,
+      eps=1e-8,  # Adam's epsilon (PyTorch's default, as the reference)
       decay_at=(0.6,),  # fractions of train.num_steps
       decay=0.1,
       clip_norm=ml_collections.config_dict.placeholder(float),

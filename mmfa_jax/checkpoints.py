@@ -213,37 +213,49 @@ class TrainingCheckpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, generator: Any, discriminator: Any, data_iterator: Any = None) -> bool:
-    """Starts saving ``step`` (returns at once when asynchronous); False if it already exists."""
+  def _args(self, save: bool, generator: Any, discriminator: Any, data_iterator: Any) -> Any:
+    """``Composite`` save or restore arguments for the items that are given (not ``None``)."""
     import grain
 
     ocp = self._ocp
-    items = dict(
-      generator=ocp.args.StandardSave(generator),
-      discriminator=ocp.args.StandardSave(discriminator),
-    )
+    state_arg = ocp.args.StandardSave if save else ocp.args.StandardRestore
+    data_arg = grain.checkpoint.CheckpointSave if save else grain.checkpoint.CheckpointRestore
+    items = {}
+    for name, state in (("generator", generator), ("discriminator", discriminator)):
+      if state is not None:
+        items[name] = state_arg(state)
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+      items["data"] = data_arg(data_iterator)
+    return ocp.args.Composite(**items)
+
+  def save(self, step: int, generator: Any, discriminator: Any, data_iterator: Any = None) -> bool:
+    """Starts saving ``step`` (returns at once when asynchronous); False if it already exists."""
     if step in self.manager.all_steps():
       return False
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    args = self._args(True, generator, discriminator, data_iterator)
+    return self.manager.save(step, args=args, force=True)
 
   def restore(
     self, step: int, generator: Any, discriminator: Any, data_iterator: Any = None
   ) -> tuple[Any, Any]:
     """Restores the states onto the abstract targets (shapes, dtypes, shardings) and, if given,
-    sets ``data_iterator`` to where it was."""
-    import grain
+    sets ``data_iterator`` to where it was. A target given as ``None`` is not read (``None`` back)."""
+    args = self._args(False, generator, discriminator, data_iterator)
+    restored = self.manager.restore(step, args=args)
+    return restored.get("generator"), restored.get("discriminator")
 
-    ocp = self._ocp
-    items = dict(
-      generator=ocp.args.StandardRestore(generator),
-      discriminator=ocp.args.StandardRestore(discriminator),
-    )
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["generator"], restored["discriminator"]
+  def restore_arrays(self, step: int, item: str = "generator") -> Any:
+    """One state as saved (nested dicts of arrays) on this process's first device, whatever the
+    topology it was saved from (a pod run restores on one GPU): what inference reads."""
+    import jax
+
+    checkpointer = self._ocp.StandardCheckpointer()
+    path = os.path.join(self.directory, str(step), item)
+    metadata = checkpointer.metadata(path)
+    tree = getattr(metadata, "item_metadata", metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    return checkpointer.restore(path, target)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -251,3 +263,57 @@ class TrainingCheckpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to the tuples the configs use (recursively)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def read_run_config(workdir: str | os.PathLike) -> Any:
+  """The ``ml_collections.ConfigDict`` a training run saved in ``WORKDIR/config.json``."""
+  import ml_collections
+
+  path = os.path.join(os.fspath(workdir), "config.json")
+  try:
+    with open(path) as handle:
+      raw = json.load(handle)
+  except FileNotFoundError:
+    raise ConvertedWeightsError(
+      f"{workdir} is not an mmfa_jax training run: {path} is missing"
+    ) from None
+  except (OSError, json.JSONDecodeError) as error:
+    raise ConvertedWeightsError(f"{path}: cannot read the run's config ({error})") from None
+  return ml_collections.ConfigDict(_tuples(raw))
+
+
+def load_training_run(
+  workdir: str | os.PathLike, step: int | None = None
+) -> tuple[Any, dict[str, Any], int]:
+  """``(config, {"params", "batch_stats"}, step)`` of a training run's generator side.
+
+  Reads ``WORKDIR/config.json`` and the checkpoint of ``step`` (default: the latest complete one)
+  from ``WORKDIR/checkpoints``; the variables are the trained ones (for MMFA with a frozen Hopenet,
+  its variables are not in the run and come from ``config.pretrained.hopenet``).
+  """
+  config = read_run_config(workdir)
+  directory = os.path.join(os.fspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise ConvertedWeightsError(f"{workdir}: no checkpoints/ directory (has the run saved yet?)")
+  checkpoints = TrainingCheckpoints(directory, keep=1_000_000, async_save=False)
+  try:
+    steps = checkpoints.manager.all_steps()
+    if not steps:
+      raise ConvertedWeightsError(f"{directory} holds no complete checkpoint")
+    step = max(steps) if step is None else int(step)
+    if step not in steps:
+      raise ConvertedWeightsError(f"{directory} has no step {step} (it has {sorted(steps)})")
+    arrays = checkpoints.restore_arrays(step, "generator")
+  finally:
+    checkpoints.close()
+  variables = {"params": arrays["params"], "batch_stats": arrays.get("batch_stats") or {}}
+  return config, variables, step

@@ -66,7 +66,12 @@ def main(argv: list[str]) -> None:
 
   try:  # configuration problems: a clear message and exit 2, before anything is compiled
     make_source(config.data)
-    trainer = Trainer(config)
+    if config.get("task", "animation") == "expression_vae":
+      from mmfa_jax.vae_train import VAETrainer
+
+      trainer = VAETrainer(config)
+    else:
+      trainer = Trainer(config)
   except (ValueError, FileNotFoundError) as error:  # ConvertedWeightsError is a ValueError
     logging.error("%s", error)
     print(f"error: {error}", file=sys.stderr)

@@ -456,7 +456,64 @@ def sample_step(
 # Trainer: networks + optimizers + compiled functions
 
 
-class Trainer:
+class StepRunner:
+  """What ``train_and_evaluate`` drives: a mesh, two train states and a compiled step.
+
+  Subclasses set ``config``, ``mesh``, ``generator_schedule`` and ``discriminator_schedule`` and
+  implement ``init_states``, ``abstract_states``, ``step`` and ``sample_grid``.
+  """
+
+  progress_metric = "generator_loss"  # shown on the progress bar
+
+  def _set_up(self, config: ml_collections.ConfigDict, mesh: Mesh | None) -> None:
+    self.config = config
+    self.mesh = mesh or make_mesh(config.train.num_devices)
+    if config.data.batch_size % self.mesh.size:
+      raise ValueError(
+        f"config.data.batch_size={config.data.batch_size} is not divisible by the "
+        f"{self.mesh.size} devices of the mesh"
+      )
+    optim = config.optim
+    milestones = [round(f * config.train.num_steps) for f in optim.decay_at]
+    self.generator_schedule = step_schedule(optim.learning_rate, milestones, optim.decay)
+    self.discriminator_schedule = step_schedule(
+      optim.discriminator_learning_rate, milestones, optim.decay
+    )
+
+  def _optimizer(self, params: Any, schedule: Any) -> Any:
+    optim = self.config.optim
+    return make_optimizer(
+      params,
+      schedule,
+      b1=optim.b1,
+      b2=optim.b2,
+      eps=optim.get("eps", 1e-8),
+      clip_norm=optim.clip_norm,
+      frozen_prefixes=(),
+    )
+
+  def _abstract(self, make_states: Callable[[jax.Array], Any], key: jax.Array) -> Any:
+    """Shapes, dtypes and (replicated) shardings of ``make_states(key)``, computing nothing."""
+    shapes = jax.eval_shape(make_states, key)
+    sharding = replicated(self.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+  def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded on the mesh's data axis."""
+    sharding = batch_sharding(self.mesh)
+    return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      for k, v in local_batch.items()
+    }
+
+  def learning_rates(self, step: int) -> dict[str, float]:
+    return {
+      "learning_rate": float(self.generator_schedule(step)),
+      "discriminator_learning_rate": float(self.discriminator_schedule(step)),
+    }
+
+
+class Trainer(StepRunner):
   """Networks, frozen variables, optimizers and the compiled step of one config on one mesh.
 
   Args:
@@ -474,13 +531,7 @@ class Trainer:
     frozen: Mapping[str, Any] | None = None,
     landmarks: LandmarkNetwork | None = None,
   ):
-    self.config = config
-    self.mesh = mesh or make_mesh(config.train.num_devices)
-    if config.data.batch_size % self.mesh.size:
-      raise ValueError(
-        f"config.data.batch_size={config.data.batch_size} is not divisible by the "
-        f"{self.mesh.size} devices of the mesh"
-      )
+    self._set_up(config, mesh)
     self.networks = Networks.from_config(config, landmarks)
     self.objective = Objective(config, self.networks)
     if frozen is None:
@@ -491,12 +542,6 @@ class Trainer:
     if missing:
       raise ValueError(f"frozen variables missing for {missing}")
     self.frozen = jax.device_put(dict(frozen), replicated(self.mesh))
-    optim = config.optim
-    milestones = [round(f * config.train.num_steps) for f in optim.decay_at]
-    self.generator_schedule = step_schedule(optim.learning_rate, milestones, optim.decay)
-    self.discriminator_schedule = step_schedule(
-      optim.discriminator_learning_rate, milestones, optim.decay
-    )
     self._step = jax.jit(
       functools.partial(train_step, self.objective),
       in_shardings=(
@@ -516,16 +561,9 @@ class Trainer:
     )
 
   # -- states
-  def _optimizer(self, params: Any, schedule: Any) -> Any:
-    optim = self.config.optim
-    return make_optimizer(
-      params, schedule, b1=optim.b1, b2=optim.b2, clip_norm=optim.clip_norm, frozen_prefixes=()
-    )
-
-  def states_from_variables(
+  def _states(
     self, model_variables: Mapping[str, Any], disc_variables: Mapping[str, Any]
   ) -> tuple[TrainState, TrainState]:
-    """Fresh train states (step 0, new optimizer state) from full variable trees."""
     params, stats = self.objective.trained_part(model_variables)
     generator = TrainState.create(params, stats, self._optimizer(params, self.generator_schedule))
     discriminator = TrainState.create(
@@ -533,7 +571,13 @@ class Trainer:
       disc_variables.get("batch_stats", {}),
       self._optimizer(disc_variables["params"], self.discriminator_schedule),
     )
-    return jax.device_put((generator, discriminator), replicated(self.mesh))
+    return generator, discriminator
+
+  def states_from_variables(
+    self, model_variables: Mapping[str, Any], disc_variables: Mapping[str, Any]
+  ) -> tuple[TrainState, TrainState]:
+    """Fresh train states (step 0, new optimizer state) from full variable trees."""
+    return jax.device_put(self._states(model_variables, disc_variables), replicated(self.mesh))
 
   def _init_variables(self, seed: int) -> tuple[Any, Any]:
     size = self.config.image_size
@@ -558,36 +602,13 @@ class Trainer:
   def abstract_states(self) -> tuple[TrainState, TrainState]:
     """Shapes, dtypes and shardings of the states (restore targets), without computing them."""
     init, key = self._init_variables(0)
-    sharding = replicated(self.mesh)
-
-    def states(key: jax.Array) -> tuple[TrainState, TrainState]:
-      model_variables, disc_variables = init(key)
-      params, stats = self.objective.trained_part(model_variables)
-      return (
-        TrainState.create(params, stats, self._optimizer(params, self.generator_schedule)),
-        TrainState.create(
-          disc_variables["params"],
-          disc_variables.get("batch_stats", {}),
-          self._optimizer(disc_variables["params"], self.discriminator_schedule),
-        ),
-      )
-
-    shapes = jax.eval_shape(states, key)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+    return self._abstract(lambda key: self._states(*init(key)), key)
 
   def model_variables(self, generator: TrainState) -> dict[str, Any]:
     """The full model variable tree (frozen Hopenet included) of a generator state."""
     return self.objective.model_variables(generator.params, generator.batch_stats, self.frozen)
 
   # -- compiled functions
-  def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This process's rows -> global arrays sharded on the mesh's data axis."""
-    sharding = batch_sharding(self.mesh)
-    return {
-      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-      for k, v in local_batch.items()
-    }
-
   def step(
     self,
     generator: TrainState,
@@ -601,11 +622,21 @@ class Trainer:
   def sample(self, generator: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return self._sample(generator, self.frozen, batch)
 
-  def learning_rates(self, step: int) -> dict[str, float]:
-    return {
-      "learning_rate": float(self.generator_schedule(step)),
-      "discriminator_learning_rate": float(self.discriminator_schedule(step)),
-    }
+  def sample_grid(
+    self,
+    generator: TrainState,
+    local_batch: Mapping[str, np.ndarray],
+    batch: Mapping[str, jax.Array],
+  ) -> np.ndarray:
+    """The sample grid of a batch (uint8 ``(H, W, 3)``): source and driving with keypoints drawn,
+    the generated frame at each scale, the occlusion map; rows from this process's part."""
+    from mmfa_jax.visualize import sample_grid, training_columns
+
+    outputs = jax.device_get(self.sample(generator, batch))
+    shown = {k: np.asarray(v) for k, v in local_batch.items()}
+    rows = next(iter(shown.values())).shape[0]
+    outputs = jax.tree.map(lambda x: np.asarray(x)[:rows], outputs)
+    return sample_grid(training_columns(shown, outputs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,7 +726,7 @@ def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
   *,
-  trainer: Trainer | None = None,
+  trainer: StepRunner | None = None,
 ) -> tuple[TrainState, TrainState]:
   """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the states.
 
@@ -703,7 +734,7 @@ def train_and_evaluate(
   (every ``train.sample_every`` steps) and ``config.json``.
   """
   from mmfa_jax.checkpoints import TrainingCheckpoints
-  from mmfa_jax.visualize import sample_grid, save_png, training_columns
+  from mmfa_jax.visualize import save_png
 
   train = config.train
   workdir = os.path.abspath(workdir)
@@ -763,16 +794,12 @@ def train_and_evaluate(
         scalars["images_per_second"] = window_steps * config.data.batch_size / elapsed
         writer.write(step, scalars)
         if progress is not None:
-          progress.set_postfix(loss=f"{scalars['generator_loss']:.3f}")
+          progress.set_postfix(loss=f"{scalars[trainer.progress_metric]:.3f}")
         window, window_steps, window_start = None, 0, time.perf_counter()
       if train.sample_every and (step % train.sample_every == 0 or step == end):
-        outputs = jax.device_get(trainer.sample(generator, batch))
-        if is_main:
-          shown = {k: np.asarray(v)[: np.asarray(local[k]).shape[0]] for k, v in local.items()}
-          save_png(
-            os.path.join(workdir, "samples", f"step_{step:07d}.png"),
-            sample_grid(training_columns(shown, outputs)),
-          )
+        grid = trainer.sample_grid(generator, local, batch)  # every process joins the computation
+        if is_main and grid is not None:
+          save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
       if step % train.checkpoint_every == 0 or step == end:
         checkpoints.save(step, generator, discriminator, iterator)
   finally:

@@ -58,11 +58,12 @@ def make_optimizer(
   *,
   b1: float = 0.5,
   b2: float = 0.999,
+  eps: float = 1e-8,
   clip_norm: float | None = None,
   frozen_prefixes: Sequence[tuple[str, ...]] = FROZEN_PREFIXES,
 ) -> optax.GradientTransformation:
   """Adam with the reference's betas (0.5, 0.999), optional global-norm clipping, frozen parts zeroed."""
-  adam = optax.adam(learning_rate, b1=b1, b2=b2)
+  adam = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
   trained = optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
   return optax.multi_transform(
     {"trained": trained, "frozen": optax.set_to_zero()}, frozen_labels(params, frozen_prefixes)

@@ -81,3 +81,47 @@ def test_warped_keypoints_and_warped_image_agree():
     mapped = np.asarray(warp_coordinates(transform, found[None, None]))[0, 0]
     np.testing.assert_allclose(mapped, q, atol=0.01)  # within half a pixel at 96 px
     assert np.abs(found - q).max() > 0.05  # the warp moved the dot by several pixels
+
+
+def test_similarity_transform_is_rotation_scale_shift_within_ranges():
+  from mmfa_jax.ops import sample_similarity_transform
+
+  transform = sample_similarity_transform(
+    jax.random.key(1), 2000, max_rotation=15.0, scale_range=(0.9, 1.1), max_translation=0.1
+  )
+  affine = np.asarray(transform.affine, np.float64)  # (B, 2, 3)
+  linear, shift = affine[:, :, :2], affine[:, :, 2]
+  scale = np.sqrt(np.linalg.det(linear))
+  angle = np.degrees(np.arctan2(linear[:, 1, 0], linear[:, 0, 0]))
+  # Similarity: linear part = scale * [[cos, -sin], [sin, cos]].
+  np.testing.assert_allclose(linear[:, 0, 0], linear[:, 1, 1], atol=1e-6)
+  np.testing.assert_allclose(linear[:, 0, 1], -linear[:, 1, 0], atol=1e-6)
+  assert angle.min() >= -15 and angle.max() <= 15 and angle.max() - angle.min() > 29
+  assert scale.min() >= 0.9 - 1e-6 and scale.max() <= 1.1 + 1e-6
+  assert np.abs(shift).max() <= 0.1 + 1e-7 and np.abs(shift).max() > 0.099
+  # A point set keeps its shape: distances scale by `scale`, (x, y) rotate by `angle` degrees.
+  points = np.array([[0.0, 0.0], [0.5, 0.0], [0.0, -0.5]], np.float32)
+  warped = np.asarray(warp_coordinates(transform, points), np.float64)  # (B, 3, 2)
+  np.testing.assert_allclose(warped[:, 0], shift, atol=1e-6)
+  first = warped[:, 1] - warped[:, 0]
+  np.testing.assert_allclose(np.linalg.norm(first, axis=-1), 0.5 * scale, atol=1e-6)
+  np.testing.assert_allclose(np.degrees(np.arctan2(first[:, 1], first[:, 0])), angle, atol=1e-4)
+
+
+def test_similarity_transform_warps_images_like_the_reference():
+  from mmfa_jax.ops import sample_similarity_transform
+
+  # The augmentation A of the representation loss uses the reference's frame warp (reflection,
+  # align_corners=False, so even the identity warp shrinks the grid by (size-1)/size).
+  transform = sample_similarity_transform(
+    jax.random.key(2), 3, max_rotation=30.0, scale_range=(0.8, 1.2), max_translation=0.2
+  )
+  images = np.asarray(jax.random.uniform(jax.random.key(3), (3, 12, 16, 3)))
+  got = np.asarray(warp_image(transform, jnp.asarray(images)))
+  expected = tps_warp_image_t(
+    torch.from_numpy(np.asarray(transform.affine)),
+    torch.from_numpy(np.asarray(transform.control_points)),
+    torch.from_numpy(np.asarray(transform.control_weights)),
+    to_channels_first(images),
+  )
+  np.testing.assert_allclose(got, to_channels_last(expected), atol=1e-5)

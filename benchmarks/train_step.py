@@ -1,0 +1,149 @@
+"""Training-step cost: compile time, step time, images/s and peak memory, per batch size and dtype.
+
+The whole MMFA step (generator update with every loss term of the config, then the discriminator
+update) at the widths of ``--config`` (default vox-256), on random images, with the frozen networks
+the config needs (Hopenet, VGG19, VGG-Face) randomly initialised (their values do not change the
+cost). Each (dtype, batch size) runs in a fresh process, so the peak device memory of one does not
+hide the next; on CPU the peak is the process's resident set instead.
+
+  python benchmarks/train_step.py [--config vox] [--batch-sizes 4 8] [--dtypes float32 bfloat16]
+      [--steps 5] [--json OUT.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _frozen_variables(nets, config) -> dict:
+  """Random variables for every frozen network the config needs (``nets``: ``train.Networks``)."""
+  import jax
+  import jax.numpy as jnp
+
+  frozen = {}
+  key = jax.random.key(0)
+  size = config.image_size
+  if nets.hopenet is not None:
+    frozen["hopenet"] = jax.jit(nets.hopenet.init)(key, jnp.zeros((1, 224, 224, 3)))
+  if nets.vgg19 is not None:
+    frozen["vgg19"] = jax.jit(nets.vgg19.init)(key, jnp.zeros((1, size, size, 3)))
+  if nets.vggface is not None:
+    frozen["vggface"] = jax.jit(nets.vggface.init)(key, jnp.zeros((1, size, size, 3)))
+  return frozen
+
+
+def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
+  """Measures one (dtype, batch size) in this process."""
+  import jax
+  import numpy as np
+
+  from mmfa_jax.train import Networks, Trainer, make_mesh, replicated
+
+  config = importlib.import_module(f"configs.{config_name}").get_config()
+  config.data.batch_size = batch_size
+  config.train.dtype = dtype
+  mesh = make_mesh(0)
+
+  frozen = _frozen_variables(Networks.from_config(config), config)
+  trainer = Trainer(config, mesh=mesh, frozen=frozen)
+  generator, discriminator = trainer.init_states()
+  rng = np.random.default_rng(0)
+  size = config.image_size
+  local = {
+    "source": rng.uniform(size=(batch_size, size, size, 3)).astype(np.float32),
+    "driving": rng.uniform(size=(batch_size, size, size, 3)).astype(np.float32),
+  }
+  batch = trainer.global_batch(local)
+  key = jax.device_put(jax.random.key(1), replicated(mesh))
+
+  start = time.perf_counter()
+  compiled = trainer._step.lower(generator, discriminator, trainer.frozen, batch, key).compile()
+  compile_seconds = time.perf_counter() - start
+
+  times = []
+  for _ in range(steps + 1):  # the first call is a warm-up
+    start = time.perf_counter()
+    generator, discriminator, metrics = compiled(
+      generator, discriminator, trainer.frozen, batch, key
+    )
+    jax.block_until_ready((generator, discriminator, metrics))
+    times.append(time.perf_counter() - start)
+  step_seconds = statistics.median(times[1:])
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    peak, peak_kind = stats["peak_bytes_in_use"], "device"
+  else:
+    peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host RSS"
+  return dict(
+    config=config_name,
+    platform=device.platform,
+    device=device.device_kind,
+    devices=mesh.size,
+    dtype=dtype,
+    batch_size=batch_size,
+    compile_s=round(compile_seconds, 2),
+    step_s=round(step_seconds, 4),
+    images_per_s=round(batch_size / step_seconds, 2),
+    peak_gib=round(peak / 2**30, 2),
+    peak_kind=peak_kind,
+    loss=float(metrics["generator_loss"]),
+  )
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
+  parser.add_argument("--config", default="vox", help="module under configs/ (vox, synthetic...)")
+  parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8])
+  parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--json", help="append one JSON line per measurement to this file")
+  parser.add_argument("--one", nargs=2, metavar=("DTYPE", "BATCH"), help=argparse.SUPPRESS)
+  args = parser.parse_args()
+
+  if args.one:  # child process: one measurement, printed as JSON
+    result = run_one(args.config, int(args.one[1]), args.one[0], args.steps)
+    print("RESULT " + json.dumps(result), flush=True)
+    return
+
+  header = (
+    f"{'dtype':<9} {'batch':>5} {'compile s':>10} {'step s':>8} {'images/s':>9} {'peak GiB':>9}"
+  )
+  print(header)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+  for dtype in args.dtypes:
+    for batch_size in args.batch_sizes:
+      command = [sys.executable, os.path.abspath(__file__), "--config", args.config]
+      command += ["--steps", str(args.steps), "--one", dtype, str(batch_size)]
+      done = subprocess.run(command, capture_output=True, text=True, env=env)
+      lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+      if done.returncode or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        print(f"{dtype:<9} {batch_size:>5} failed: {' | '.join(tail)}", flush=True)
+        continue
+      result = json.loads(lines[-1][len("RESULT ") :])
+      print(
+        f"{dtype:<9} {batch_size:>5} {result['compile_s']:>10.1f} {result['step_s']:>8.3f} "
+        f"{result['images_per_s']:>9.2f} {result['peak_gib']:>9.2f}  ({result['peak_kind']}, "
+        f"{result['device']} x{result['devices']})",
+        flush=True,
+      )
+      if args.json:
+        with open(args.json, "a") as handle:
+          handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+  main()

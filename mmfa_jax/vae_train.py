@@ -1,0 +1,234 @@
+"""Expression VAE training (mmfa_delta.md 14), run after MMFA from its frozen expression encoder.
+
+``VAETrainer(config)`` reads the MMFA run named by ``config.mmfa.workdir`` (its ``config.json`` and
+latest checkpoint), and compiles one step that
+
+1. computes the expression features ``f_exp = E_exp(frame)`` ``(2B, feature_dim)`` of the source and
+   driving frames of a batch with the frozen encoder (eval-mode BatchNorm),
+2. updates the VAE on ``rec * MSE(f_exp, f_hat) + kl_weight(step) * KL(q || N(0, I)) + adv * L_adv``
+   with the KL weight annealed linearly from 0 over the first ``kl_anneal`` fraction of the steps and
+   ``L_adv`` the least-squares generator loss of the latent discriminator on prior decodes
+   ``Dec(z), z ~ N(0, I)`` and reconstructions ``f_hat``,
+3. updates the discriminator (real ``f_exp``; fake prior decodes and reconstructions, detached).
+
+The trainer has the interface ``train.train_and_evaluate`` drives (states, checkpoints, logs), so
+``python -m mmfa_jax.main --config=configs/vox_vae.py --workdir=DIR`` runs it like MMFA. Besides the
+loss terms it logs ``kl_per_dim`` and ``prior_spread``: the standard deviation of prior decodes over
+that of the real features (about 1 when the samples are as diverse as real expressions, near 0 when
+the VAE has collapsed to the mean expression).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from mmfa_jax import losses
+from mmfa_jax.checkpoints import load_training_run
+from mmfa_jax.models.animation import animation_model_from_config
+from mmfa_jax.models.expression_vae import ExpressionVAE, LatentDiscriminator
+from mmfa_jax.train import StepRunner, batch_sharding, replicated
+from mmfa_jax.train_state import TrainState, apply_gradients
+
+
+def _expression_features(model: Any, frames: jax.Array) -> jax.Array:
+  """``model.apply(..., method=_expression_features)``: ``(N, H, W, 3)`` -> ``(N, feature_dim)``."""
+  return model.motion_estimator.exp_encoder(frames, False)
+
+
+def _spread(features: jax.Array) -> jax.Array:
+  """Mean over feature dimensions of the standard deviation over the batch."""
+  return jnp.mean(jnp.std(features, axis=0))
+
+
+class VAETrainer(StepRunner):
+  """The expression VAE and its latent discriminator on top of a frozen MMFA expression encoder.
+
+  Args:
+    config: a ``configs/vox_vae.py`` config. ``config.image_size`` is set from the MMFA run.
+    mesh: device mesh (default ``make_mesh(config.train.num_devices)``).
+    encoder_variables: the MMFA model's variables (default: read from ``config.mmfa.workdir``).
+    mmfa_model_config: the MMFA run's ``model`` config section (given with ``encoder_variables``).
+  """
+
+  progress_metric = "vae_loss"
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    mesh: Any = None,
+    *,
+    encoder_variables: Mapping[str, Any] | None = None,
+    mmfa_model_config: ml_collections.ConfigDict | None = None,
+  ):
+    self._set_up(config, mesh)
+    if encoder_variables is None:
+      if not config.mmfa.get("workdir"):
+        raise ValueError(
+          "config.mmfa.workdir is not set: pass the workdir of a trained MMFA run "
+          "(--config.mmfa.workdir=DIR)"
+        )
+      run_config, encoder_variables, step = load_training_run(
+        config.mmfa.workdir, config.mmfa.get("step")
+      )
+      if run_config.model.get("variant", "mmfa") != "mmfa":
+        raise ValueError(
+          f"{config.mmfa.workdir} is a {run_config.model.variant} run; the expression VAE needs "
+          "an MMFA run (it encodes MMFA's expression features)"
+        )
+      logging.info("expression encoder of %s at step %d", config.mmfa.workdir, step)
+      mmfa_model_config = run_config.model
+      with config.unlocked():
+        config.image_size = run_config.image_size
+    self.model = animation_model_from_config(mmfa_model_config)
+    self.encoder_variables = jax.device_put(
+      {k: encoder_variables[k] for k in ("params", "batch_stats")}, replicated(self.mesh)
+    )
+    feature_dim = mmfa_model_config.expression_encoder.latent_dim
+    vae = config.expression_vae
+    self.vae = ExpressionVAE(
+      feature_dim=feature_dim, latent_dim=vae.latent_dim, hidden=tuple(vae.hidden)
+    )
+    self.discriminator = LatentDiscriminator(hidden=tuple(config.latent_discriminator.hidden))
+    rep, data = replicated(self.mesh), batch_sharding(self.mesh)
+    self._step = jax.jit(
+      self._train_step,
+      in_shardings=(rep, rep, rep, data, rep),
+      out_shardings=(rep, rep, rep),
+      donate_argnums=(0, 1),
+    )
+
+  # -- states
+  def _states(self, key: jax.Array) -> tuple[TrainState, TrainState]:
+    vae_key, sample_key, disc_key = jax.random.split(key, 3)
+    features = jnp.zeros((1, self.vae.feature_dim), jnp.float32)
+    vae_variables = self.vae.init(vae_key, features, sample_key)
+    disc_variables = self.discriminator.init(disc_key, features)
+
+    def state(variables: Any, schedule: Any) -> TrainState:
+      tx = self._optimizer(variables["params"], schedule)
+      return TrainState.create(variables["params"], variables.get("batch_stats", {}), tx)
+
+    return (
+      state(vae_variables, self.generator_schedule),
+      state(disc_variables, self.discriminator_schedule),
+    )
+
+  def init_states(self, seed: int | None = None) -> tuple[TrainState, TrainState]:
+    key = jax.random.key(self.config.train.seed if seed is None else seed)
+    return jax.jit(self._states, out_shardings=replicated(self.mesh))(key)
+
+  def abstract_states(self) -> tuple[TrainState, TrainState]:
+    return self._abstract(self._states, jax.random.key(0))
+
+  # -- the step
+  def kl_weight(self, step: jax.Array) -> jax.Array:
+    """``loss.kl`` times ``min(1, step / (kl_anneal * num_steps))``."""
+    loss = self.config.vae_loss
+    anneal_steps = loss.kl_anneal * self.config.train.num_steps
+    if anneal_steps <= 0:
+      return jnp.asarray(loss.kl, jnp.float32)
+    return loss.kl * jnp.minimum(1.0, step.astype(jnp.float32) / anneal_steps)
+
+  def _discriminate(self, state_params: Any, stats: Any, features: jax.Array) -> tuple[Any, Any]:
+    scores, updated = self.discriminator.apply(
+      {"params": state_params, "batch_stats": stats}, features, True, mutable=["batch_stats"]
+    )
+    return scores, updated["batch_stats"]
+
+  def _vae_loss(
+    self,
+    params: Any,
+    discriminator: TrainState,
+    features: jax.Array,
+    rng: jax.Array,
+    kl_weight: jax.Array,
+  ) -> tuple[jax.Array, dict[str, Any]]:
+    loss = self.config.vae_loss
+    posterior_rng, prior_rng = jax.random.split(rng)
+    out = self.vae.apply({"params": params}, features, posterior_rng)
+    prior = jax.random.normal(prior_rng, (features.shape[0], self.vae.latent_dim))
+    decoded = self.vae.apply({"params": params}, prior, method=ExpressionVAE.decode)
+    fake = jnp.concatenate([decoded, out["reconstruction"]], axis=0)  # (2N, feature_dim)
+    scores, disc_stats = self._discriminate(discriminator.params, discriminator.batch_stats, fake)
+    kl = losses.kl_divergence(out["mean"], out["log_var"])
+    terms = {
+      "reconstruction": loss.reconstruction
+      * losses.reconstruction_mse(out["reconstruction"], features),
+      "kl": kl_weight * kl,
+      "adversarial": loss.adversarial * losses.generator_gan([scores], "ls"),
+    }
+    aux = dict(
+      terms=terms,
+      kl_unweighted=kl,
+      disc_stats=disc_stats,
+      fake=fake,
+      prior_spread=_spread(decoded) / (_spread(features) + 1e-8),
+    )
+    return sum(terms.values()), aux
+
+  def _disc_loss(
+    self, params: Any, stats: Any, real: jax.Array, fake: jax.Array
+  ) -> tuple[jax.Array, Any]:
+    real_scores, stats = self._discriminate(params, stats, real)
+    fake_scores, stats = self._discriminate(params, stats, jax.lax.stop_gradient(fake))
+    half = fake.shape[0] // 2  # prior decodes and reconstructions, each against the real batch
+    value = 0.5 * (
+      losses.discriminator_gan([real_scores], [fake_scores[:half]], "ls")
+      + losses.discriminator_gan([real_scores], [fake_scores[half:]], "ls")
+    )
+    return value, stats
+
+  def _train_step(
+    self,
+    vae: TrainState,
+    discriminator: TrainState,
+    encoder_variables: Any,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
+  ) -> tuple[TrainState, TrainState, dict[str, jax.Array]]:
+    frames = jnp.concatenate([batch["source"], batch["driving"]], axis=0)  # (2B, H, W, 3)
+    features = self.model.apply(encoder_variables, frames, method=_expression_features)
+    features = jax.lax.stop_gradient(features.astype(jnp.float32))  # (2B, feature_dim)
+    rng = jax.random.fold_in(key, vae.step)
+    kl_weight = self.kl_weight(vae.step)
+    (vae_loss, aux), grads = jax.value_and_grad(self._vae_loss, has_aux=True)(
+      vae.params, discriminator, features, rng, kl_weight
+    )
+    new_vae, vae_skipped = apply_gradients(vae, grads, vae.batch_stats, loss=vae_loss)
+    (d_loss, d_stats), d_grads = jax.value_and_grad(self._disc_loss, has_aux=True)(
+      discriminator.params, aux["disc_stats"], features, aux["fake"]
+    )
+    new_discriminator, d_skipped = apply_gradients(discriminator, d_grads, d_stats, loss=d_loss)
+    metrics = dict(aux["terms"])
+    metrics.update(
+      vae_loss=vae_loss,
+      discriminator_gan=d_loss,
+      kl_weight=kl_weight,
+      kl_per_dim=aux["kl_unweighted"] / self.vae.latent_dim,
+      prior_spread=aux["prior_spread"],
+      feature_spread=_spread(features),
+      generator_skipped=vae_skipped,
+      discriminator_skipped=d_skipped,
+      skipped_samples=jnp.sum(batch["skipped"]) if "skipped" in batch else jnp.zeros((), jnp.int32),
+    )
+    return new_vae, new_discriminator, metrics
+
+  # -- what train_and_evaluate calls
+  def step(
+    self,
+    vae: TrainState,
+    discriminator: TrainState,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
+  ) -> tuple[TrainState, TrainState, dict[str, jax.Array]]:
+    return self._step(vae, discriminator, self.encoder_variables, batch, key)
+
+  def sample_grid(self, vae: TrainState, local_batch: Any, batch: Any) -> None:
+    """No image grid for the VAE (its samples are rendered by the animate/edit tools)."""
+    return None

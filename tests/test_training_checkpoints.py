@@ -1,0 +1,72 @@
+"""Run checkpoints (orbax): keep-last-K, resume targets, and an interrupted save never blocks resume."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmfa_jax.checkpoints import TrainingCheckpoints
+from mmfa_jax.train_state import TrainState
+
+
+def _state(value):
+  params = {"dense": {"kernel": jnp.full((3, 2), value, jnp.float32)}}
+  return TrainState.create(params, {"norm": {"mean": jnp.zeros((2,))}}, optax.adam(1e-3))
+
+
+def _abstract(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+
+
+def test_keeps_last_k_and_restores(tmp_path):
+  checkpoints = TrainingCheckpoints(tmp_path / "ckpt", keep=2, async_save=True)
+  for step in (1, 2, 3):
+    assert checkpoints.save(step, _state(float(step)), _state(-float(step)))
+  assert not checkpoints.save(3, _state(0.0), _state(0.0))  # already there: not rewritten
+  checkpoints.close()
+  assert sorted(os.listdir(tmp_path / "ckpt")) == ["2", "3"]
+  reopened = TrainingCheckpoints(tmp_path / "ckpt", keep=2)
+  assert reopened.latest_step() == 3
+  gen, disc = reopened.restore(3, _abstract(_state(0.0)), _abstract(_state(0.0)))
+  np.testing.assert_array_equal(gen.params["dense"]["kernel"], np.full((3, 2), 3.0))
+  np.testing.assert_array_equal(disc.params["dense"]["kernel"], np.full((3, 2), -3.0))
+  reopened.close()
+
+
+def test_interrupted_save_is_ignored_and_overwritten(tmp_path):
+  directory = tmp_path / "ckpt"
+  checkpoints = TrainingCheckpoints(directory, keep=3, async_save=False)
+  checkpoints.save(2, _state(2.0), _state(-2.0))
+  checkpoints.close()
+  # What a writer killed in the middle of step 4 leaves: a temporary directory with part of the files.
+  partial = directory / "4.orbax-checkpoint-tmp-1763800000000000"
+  shutil.copytree(directory / "2", partial)
+  shutil.rmtree(partial / "generator")
+
+  reopened = TrainingCheckpoints(directory, keep=3, async_save=False)
+  assert reopened.latest_step() == 2
+  gen, _ = reopened.restore(2, _abstract(_state(0.0)), _abstract(_state(0.0)))
+  np.testing.assert_array_equal(gen.params["dense"]["kernel"], np.full((3, 2), 2.0))
+  # The run goes on and saves step 4 again, completely this time.
+  assert reopened.save(4, _state(4.0), _state(-4.0))
+  reopened.close()
+  final = TrainingCheckpoints(directory, keep=3)
+  assert final.latest_step() == 4
+  gen, _ = final.restore(4, _abstract(_state(0.0)), _abstract(_state(0.0)))
+  np.testing.assert_array_equal(gen.params["dense"]["kernel"], np.full((3, 2), 4.0))
+  final.close()
+
+
+def test_one_state_restores_without_a_target(tmp_path):
+  checkpoints = TrainingCheckpoints(tmp_path / "ckpt", keep=1, async_save=False)
+  checkpoints.save(5, _state(5.0), _state(-5.0))
+  arrays = checkpoints.restore_arrays(5, "generator")
+  np.testing.assert_array_equal(arrays["params"]["dense"]["kernel"], np.full((3, 2), 5.0))
+  assert int(arrays["step"]) == 0
+  gen, disc = checkpoints.restore(5, None, _abstract(_state(0.0)))
+  assert gen is None
+  np.testing.assert_array_equal(disc.params["dense"]["kernel"], np.full((3, 2), -5.0))
+  checkpoints.close()

@@ -4,12 +4,13 @@
 latest checkpoint), and compiles one step that
 
 1. computes the expression features ``f_exp = E_exp(frame)`` ``(2B, feature_dim)`` of the source and
-   driving frames of a batch with the frozen encoder (eval-mode BatchNorm),
-2. updates the VAE on ``rec * MSE(f_exp, f_hat) + kl_weight(step) * KL(q || N(0, I)) + adv * L_adv``
-   with the KL weight annealed linearly from 0 over the first ``kl_anneal`` fraction of the steps and
-   ``L_adv`` the least-squares generator loss of the latent discriminator on prior decodes
-   ``Dec(z), z ~ N(0, I)`` and reconstructions ``f_hat``,
-3. updates the discriminator (real ``f_exp``; fake prior decodes and reconstructions, detached).
+   driving frames of a batch with the frozen encoder (eval-mode BatchNorm) and folds them into the
+   VAE's running feature mean and variance (``ExpressionVAE.update_feature_stats``),
+2. updates the VAE on ``rec * MSE(f, f_hat) + kl_weight(step) * KL(q || N(0, I)) + adv * L_adv``
+   on standardised features ``f``, with the KL weight annealed linearly from 0 over the first
+   ``kl_anneal`` fraction of the steps and ``L_adv`` the least-squares generator loss of the latent
+   discriminator on prior decodes ``Dec(z), z ~ N(0, I)`` and reconstructions ``f_hat``,
+3. updates the discriminator (real ``f``; fake prior decodes and reconstructions, detached).
 
 The trainer has the interface ``train.train_and_evaluate`` drives (states, checkpoints, logs), so
 ``python -m mmfa_jax.main --config=configs/vox_vae.py --workdir=DIR`` runs it like MMFA. Besides the
@@ -144,22 +145,27 @@ class VAETrainer(StepRunner):
   def _vae_loss(
     self,
     params: Any,
+    feature_stats: Any,
     discriminator: TrainState,
     features: jax.Array,
     rng: jax.Array,
     kl_weight: jax.Array,
   ) -> tuple[jax.Array, dict[str, Any]]:
     loss = self.config.vae_loss
+    variables = {"params": params, "batch_stats": feature_stats}
     posterior_rng, prior_rng = jax.random.split(rng)
-    out = self.vae.apply({"params": params}, features, posterior_rng)
+    out = self.vae.apply(variables, features, posterior_rng)
+    real = out["standardized_features"]  # (N, feature_dim)
     prior = jax.random.normal(prior_rng, (features.shape[0], self.vae.latent_dim))
-    decoded = self.vae.apply({"params": params}, prior, method=ExpressionVAE.decode)
-    fake = jnp.concatenate([decoded, out["reconstruction"]], axis=0)  # (2N, feature_dim)
+    decoded = self.vae.apply(variables, prior, True, method=ExpressionVAE.decode)  # standardised
+    fake = jnp.concatenate(
+      [decoded, out["standardized_reconstruction"]], axis=0
+    )  # (2N, feature_dim)
     scores, disc_stats = self._discriminate(discriminator.params, discriminator.batch_stats, fake)
     kl = losses.kl_divergence(out["mean"], out["log_var"])
     terms = {
       "reconstruction": loss.reconstruction
-      * losses.reconstruction_mse(out["reconstruction"], features),
+      * losses.reconstruction_mse(out["standardized_reconstruction"], real),
       "kl": kl_weight * kl,
       "adversarial": loss.adversarial * losses.generator_gan([scores], "ls"),
     }
@@ -167,8 +173,9 @@ class VAETrainer(StepRunner):
       terms=terms,
       kl_unweighted=kl,
       disc_stats=disc_stats,
+      real=real,
       fake=fake,
-      prior_spread=_spread(decoded) / (_spread(features) + 1e-8),
+      prior_spread=_spread(decoded) / (_spread(real) + 1e-8),
     )
     return sum(terms.values()), aux
 
@@ -195,14 +202,21 @@ class VAETrainer(StepRunner):
     frames = jnp.concatenate([batch["source"], batch["driving"]], axis=0)  # (2B, H, W, 3)
     features = self.model.apply(encoder_variables, frames, method=_expression_features)
     features = jax.lax.stop_gradient(features.astype(jnp.float32))  # (2B, feature_dim)
+    _, updated = self.vae.apply(
+      {"params": vae.params, "batch_stats": vae.batch_stats},
+      features,
+      method=ExpressionVAE.update_feature_stats,
+      mutable=["batch_stats"],
+    )
+    feature_stats = updated["batch_stats"]
     rng = jax.random.fold_in(key, vae.step)
     kl_weight = self.kl_weight(vae.step)
     (vae_loss, aux), grads = jax.value_and_grad(self._vae_loss, has_aux=True)(
-      vae.params, discriminator, features, rng, kl_weight
+      vae.params, feature_stats, discriminator, features, rng, kl_weight
     )
-    new_vae, vae_skipped = apply_gradients(vae, grads, vae.batch_stats, loss=vae_loss)
+    new_vae, vae_skipped = apply_gradients(vae, grads, feature_stats, loss=vae_loss)
     (d_loss, d_stats), d_grads = jax.value_and_grad(self._disc_loss, has_aux=True)(
-      discriminator.params, aux["disc_stats"], features, aux["fake"]
+      discriminator.params, aux["disc_stats"], aux["real"], aux["fake"]
     )
     new_discriminator, d_skipped = apply_gradients(discriminator, d_grads, d_stats, loss=d_loss)
     metrics = dict(aux["terms"])

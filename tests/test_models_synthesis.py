@@ -181,17 +181,45 @@ def test_expression_vae_and_latent_discriminator_match_twins():
   twin = torch_twins.ExpressionVAE(feature_dim=16, latent_dim=6, hidden=(20, 20)).eval()
   model = ExpressionVAE(feature_dim=16, latent_dim=6, hidden=(20, 20))
   template = jax.eval_shape(lambda k, f: model.init(k, f, k), jax.random.key(0), features)
-  variables = synthesis.convert_by_name(_state(twin), template, "vae")
+  variables = synthesis.convert_by_name(_state(twin), {"params": template["params"]}, "vae")
+  # Feature statistics of two batches, folded in one after the other: those of all 12 rows.
+  batches = [rng.normal(2.0, 3.0, size=(n, 16)).astype(np.float32) for n in (5, 7)]
+  stats = {
+    "feature_count": jnp.zeros(()),
+    "feature_mean": jnp.zeros(16),
+    "feature_var": jnp.ones(16),
+  }
+  for batch in batches:
+    _, updated = model.apply(
+      {**variables, "batch_stats": stats},
+      batch,
+      method=ExpressionVAE.update_feature_stats,
+      mutable=["batch_stats"],
+    )
+    stats = updated["batch_stats"]
+  seen = np.concatenate(batches)
+  np.testing.assert_allclose(stats["feature_mean"], seen.mean(0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(stats["feature_var"], seen.var(0), rtol=1e-4)
+  assert float(stats["feature_count"]) == 12
+  variables = {**variables, "batch_stats": stats}
   mean, log_var = model.apply(variables, features, method=ExpressionVAE.encode)
   latent = mean + jnp.exp(0.5 * log_var) * noise
   reconstruction = model.apply(variables, latent, method=ExpressionVAE.decode)
+  sigma = np.sqrt(seen.var(0) + model.eps)
+  standardized = (features - seen.mean(0)) / sigma
   with torch.no_grad():
-    want = twin(torch.from_numpy(features), torch.from_numpy(noise))
-  _close(mean, want["mean"], atol=1e-5)
-  _close(log_var, want["log_var"], atol=1e-5)
-  _close(reconstruction, want["reconstruction"], atol=1e-5)
+    want = twin(torch.from_numpy(standardized.astype(np.float32)), torch.from_numpy(noise))
+  _close(mean, want["mean"], atol=1e-4)
+  _close(log_var, want["log_var"], atol=1e-4)
+  _close(reconstruction, want["reconstruction"].numpy() * sigma + seen.mean(0), atol=1e-4)
   sample = model.apply(variables, features, jax.random.key(1))
   assert sample["latent"].shape == (4, 6) and sample["reconstruction"].shape == (4, 16)
+  _close(sample["standardized_features"], standardized, atol=1e-5)
+  _close(
+    sample["reconstruction"],
+    sample["standardized_reconstruction"] * sigma + seen.mean(0),
+    atol=1e-4,
+  )
 
   disc_twin = torch.nn.Module()
   disc_twin.mlp = torch_twins.MLP((16, 20, 20, 1), spectral=True)

@@ -83,6 +83,27 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+  """Host values (the same in every process) -> arrays replicated over ``mesh``.
+
+  Unlike ``jax.device_put`` this works when the mesh spans several processes (each builds the
+  shards on its own devices). PRNG key arrays are moved as their key data.
+  """
+  sharding = replicated(mesh)
+
+  def put(value: Any) -> Any:
+    if isinstance(value, jax.Array) and value.sharding.is_equivalent_to(sharding, value.ndim):
+      return value
+    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(
+        put(jax.random.key_data(value)), impl=jax.random.key_impl(value)
+      )
+    host = np.asarray(jax.device_get(value))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(put, tree)
+
+
 # --------------------------------------------------------------------------------------------
 # Variable trees
 
@@ -541,7 +562,7 @@ class Trainer(StepRunner):
       missing.append("landmarks")
     if missing:
       raise ValueError(f"frozen variables missing for {missing}")
-    self.frozen = jax.device_put(dict(frozen), replicated(self.mesh))
+    self.frozen = put_replicated(dict(frozen), self.mesh)
     self._step = jax.jit(
       functools.partial(train_step, self.objective),
       in_shardings=(
@@ -577,7 +598,7 @@ class Trainer(StepRunner):
     self, model_variables: Mapping[str, Any], disc_variables: Mapping[str, Any]
   ) -> tuple[TrainState, TrainState]:
     """Fresh train states (step 0, new optimizer state) from full variable trees."""
-    return jax.device_put(self._states(model_variables, disc_variables), replicated(self.mesh))
+    return put_replicated(self._states(model_variables, disc_variables), self.mesh)
 
   def _init_variables(self, seed: int) -> tuple[Any, Any]:
     size = self.config.image_size
@@ -755,7 +776,7 @@ def train_and_evaluate(
     generator, discriminator = checkpoints.restore(latest, *trainer.abstract_states(), iterator)
     start = int(generator.step)
     logging.info("resumed from %s at step %d", checkpoints.directory, start)
-  key = jax.device_put(jax.random.key(train.seed + 1), replicated(trainer.mesh))
+  key = put_replicated(jax.random.key(train.seed + 1), trainer.mesh)
   end = train.num_steps
   if train.get("stop_after_steps"):
     end = min(end, start + train.stop_after_steps)

@@ -33,7 +33,7 @@ from mmfa_jax import losses
 from mmfa_jax.checkpoints import load_training_run
 from mmfa_jax.models.animation import animation_model_from_config
 from mmfa_jax.models.expression_vae import ExpressionVAE, LatentDiscriminator
-from mmfa_jax.train import StepRunner, batch_sharding, replicated
+from mmfa_jax.train import StepRunner, batch_sharding, put_replicated, replicated
 from mmfa_jax.train_state import TrainState, apply_gradients
 
 
@@ -87,8 +87,8 @@ class VAETrainer(StepRunner):
       with config.unlocked():
         config.image_size = run_config.image_size
     self.model = animation_model_from_config(mmfa_model_config)
-    self.encoder_variables = jax.device_put(
-      {k: encoder_variables[k] for k in ("params", "batch_stats")}, replicated(self.mesh)
+    self.encoder_variables = put_replicated(
+      {k: encoder_variables[k] for k in ("params", "batch_stats")}, self.mesh
     )
     feature_dim = mmfa_model_config.expression_encoder.latent_dim
     vae = config.expression_vae

@@ -35,7 +35,9 @@ def _config(**train):
 
 
 def _params(state):
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+  """Parameter leaves of a TrainState or of a restored ``{"params": ...}`` dict, as numpy."""
+  params = state["params"] if isinstance(state, dict) else state.params
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(params))]
 
 
 def _max_difference(a, b):
@@ -94,56 +96,131 @@ def test_train_resume_equals_uninterrupted_run(tmp_path, one_device_run):
   assert saved["model"]["pose_network"] == "learned"
 
 
-@pytest.mark.slow
-def test_one_step_on_eight_devices_matches_one_device():
-  """The same step from the same states and batch on a 1-device and an 8-device mesh.
-
-  Losses agree to float32 reordering (measured: relative 1.6e-5 at most). Parameters: Adam's first update is about lr * sign(gradient),
-  so a parameter whose gradient is ~0 can move by +lr on one mesh and -lr on the other when the
-  reordered sums flip its sign. Measured: 0.75 % of the generator's parameters differ by more than
-  1e-5, the largest by 1e-3 = 2 lr. Over more steps these flips spread through the model, so the
-  comparison is of one step.
+@pytest.fixture(scope="module")
+def first_step():
+  """Step 1 of the run (``init_states``, key ``seed + 1``, the first batch of the iterator) on a
+  1-device and on an 8-device mesh: ``{devices: (metrics, generator params, discriminator params)}``.
   """
   from mmfa_jax.train import make_train_iterator, replicated
 
   config = _config()
-  local = next(make_train_iterator(config, 0))
+  local = next(make_train_iterator(config, config.train.seed))
   results = {}
   for devices in (1, 8):
     trainer = Trainer(config, mesh=make_mesh(devices), frozen={})
     generator, discriminator = trainer.init_states()
-    key = jax.device_put(jax.random.key(1), replicated(trainer.mesh))
+    key = jax.device_put(jax.random.key(config.train.seed + 1), replicated(trainer.mesh))
     generator, discriminator, metrics = trainer.step(
       generator, discriminator, trainer.global_batch(local), key
     )
     leaf = jax.tree.leaves(generator.params)[0]
     assert len(leaf.sharding.device_set) == devices
     results[devices] = (jax.device_get(metrics), _params(generator), _params(discriminator))
-  (metrics_1, gen_1, disc_1), (metrics_8, gen_8, disc_8) = results[1], results[8]
-  for name in ("generator_loss", "perceptual", "equivariance", "discriminator_gan"):
-    assert float(metrics_8[name]) == pytest.approx(float(metrics_1[name]), rel=1e-4)
-  learning_rate = config.optim.learning_rate
-  for one, eight in ((gen_1, gen_8), (disc_1, disc_8)):
-    difference = np.concatenate([np.ravel(np.abs(a - b)) for a, b in zip(one, eight)])
+  return results
+
+
+OPTIM_LEARNING_RATE = synthetic.get_config("tiny").optim.learning_rate
+LOSSES = ("generator_loss", "perceptual", "equivariance", "feature_matching", "discriminator_gan")
+
+
+def _assert_same_step(metrics_a, params_a, metrics_b, params_b):
+  """Losses to float32 reordering; parameters up to Adam's sign flips (see below)."""
+  for name in LOSSES:
+    assert float(metrics_b[name]) == pytest.approx(float(metrics_a[name]), rel=1e-4), name
+  learning_rate = OPTIM_LEARNING_RATE
+  for one, other in zip(params_a, params_b):
+    difference = np.concatenate([np.ravel(np.abs(a - b)) for a, b in zip(one, other)])
     assert np.mean(difference > 1e-5) < 0.02
     assert difference.max() <= 2 * learning_rate + 1e-6
 
 
-def _main(*args):
+@pytest.mark.slow
+def test_one_step_on_eight_devices_matches_one_device(first_step):
+  """The same step from the same states and batch on a 1-device and an 8-device mesh.
+
+  Losses agree to float32 reordering (measured: relative 1.6e-5 at most). Parameters: Adam's first
+  update is about lr * sign(gradient), so a parameter whose gradient is ~0 can move by +lr on one
+  mesh and -lr on the other when the reordered sums flip its sign. Measured: 0.75 % of the
+  generator's parameters differ by more than 1e-5, the largest by 1e-3 = 2 lr. Over more steps
+  these flips spread through the model, so the comparison is of one step.
+  """
+  (metrics_1, gen_1, disc_1), (metrics_8, gen_8, disc_8) = first_step[1], first_step[8]
+  _assert_same_step(metrics_1, (gen_1, disc_1), metrics_8, (gen_8, disc_8))
+
+
+def _main(*args, devices=None, wait=True):
   import subprocess
   import sys
 
   from tool_runner import ROOT
 
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run(
-    [sys.executable, "-m", "mmfa_jax.main", *args],
-    capture_output=True,
-    text=True,
-    env=env,
-    cwd=ROOT,
-    timeout=300,
-  )
+  if devices is not None:
+    env["JAX_NUM_CPU_DEVICES"] = str(devices)
+  command = [sys.executable, "-m", "mmfa_jax.main", *args]
+  if not wait:
+    return subprocess.Popen(
+      command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
+  return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def _flags(config_name, section):
+  return [f"--config.{config_name}.{k}={v}" for k, v in section.items()]
+
+
+@pytest.mark.slow
+def test_two_processes_train_together_like_one_process(tmp_path, first_step):
+  """Two ``main`` processes on this machine (``jax.distributed`` over loopback, gloo CPU
+  collectives), 4 devices each, do step 1 of the run together: the same step as one process with 8
+  devices (measured: losses within 1.5e-5 relative; 0.9 % of the generator's parameters differ by
+  more than 1e-5, the largest by 2 lr, as between 1 and 8 devices in one process)."""
+  import socket
+
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  workdir = tmp_path / "two_processes"
+  args = [
+    "--config=configs/synthetic.py:tiny",
+    f"--workdir={workdir}",
+    *_flags("data", OVERRIDES["data"]),
+    *_flags("train", dict(OVERRIDES["train"], stop_after_steps=1, sample_every=0)),
+    f"--coordinator_address=127.0.0.1:{port}",
+    "--num_processes=2",
+  ]
+  runs = [_main(*args, f"--process_id={i}", devices=4, wait=False) for i in (0, 1)]
+  outputs = []
+  try:
+    for run in runs:
+      outputs.append(run.communicate(timeout=900))
+  finally:
+    for run in runs:
+      run.kill()
+  for run, (_, stderr) in zip(runs, outputs):
+    assert run.returncode == 0, stderr[-3000:]
+  assert "process 1 of 2, 4 local / 8 global devices" in outputs[1][1]
+
+  records = read_metrics(str(workdir))  # written by process 0 only
+  assert [r["step"] for r in records] == [1]
+  assert not (workdir / "samples").exists()
+  step_dir = workdir / "checkpoints" / "1"
+  assert sorted(os.listdir(step_dir / "data")) == [
+    "commit_success.txt",
+    "process_0-of-2.json",
+    "process_1-of-2.json",
+  ]
+  from mmfa_jax.checkpoints import TrainingCheckpoints
+
+  checkpoints = TrainingCheckpoints(str(workdir / "checkpoints"), 2, async_save=False)
+  try:
+    saved = [
+      _params(checkpoints.restore_arrays(1, side)) for side in ("generator", "discriminator")
+    ]
+  finally:
+    checkpoints.close()
+  metrics_8, gen_8, disc_8 = first_step[8]
+  _assert_same_step(metrics_8, (gen_8, disc_8), records[0], tuple(saved))
 
 
 @pytest.mark.slow

@@ -480,8 +480,10 @@ def sample_step(
 class StepRunner:
   """What ``train_and_evaluate`` drives: a mesh, two train states and a compiled step.
 
-  Subclasses set ``config``, ``mesh``, ``generator_schedule`` and ``discriminator_schedule`` and
-  implement ``init_states``, ``abstract_states``, ``step`` and ``sample_grid``.
+  Subclasses call ``_set_up`` (config, mesh, schedules) and ``_compile_step`` (their step function
+  ``(generator, discriminator, step_inputs, batch, key) -> (generator, discriminator, metrics)``),
+  provide ``step_inputs`` (the constant arrays the step reads: frozen networks) and implement
+  ``init_states``, ``abstract_states`` and ``sample_grid``.
   """
 
   progress_metric = "generator_loss"  # shown on the progress bar
@@ -518,6 +520,31 @@ class StepRunner:
     shapes = jax.eval_shape(make_states, key)
     sharding = replicated(self.mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+  def _compile_step(self, step_fn: Callable[..., Any]) -> None:
+    """``jax.jit`` of ``step_fn``: states and step inputs replicated, the batch sharded on the data
+    axis; the input states are donated."""
+    rep, data = replicated(self.mesh), batch_sharding(self.mesh)
+    self._step = jax.jit(
+      step_fn,
+      in_shardings=(rep, rep, rep, data, rep),
+      out_shardings=(rep, rep, rep),
+      donate_argnums=(0, 1),
+    )
+
+  @property
+  def step_inputs(self) -> Any:
+    raise NotImplementedError(f"{type(self).__name__} must define step_inputs")
+
+  def step(
+    self,
+    generator: TrainState,
+    discriminator: TrainState,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
+  ) -> tuple[TrainState, TrainState, dict[str, jax.Array]]:
+    """One compiled training step (the input states are donated)."""
+    return self._step(generator, discriminator, self.step_inputs, batch, key)
 
   def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows -> global arrays sharded on the mesh's data axis."""
@@ -563,18 +590,7 @@ class Trainer(StepRunner):
     if missing:
       raise ValueError(f"frozen variables missing for {missing}")
     self.frozen = put_replicated(dict(frozen), self.mesh)
-    self._step = jax.jit(
-      functools.partial(train_step, self.objective),
-      in_shardings=(
-        replicated(self.mesh),
-        replicated(self.mesh),
-        replicated(self.mesh),
-        batch_sharding(self.mesh),
-        replicated(self.mesh),
-      ),
-      out_shardings=(replicated(self.mesh), replicated(self.mesh), replicated(self.mesh)),
-      donate_argnums=(0, 1),
-    )
+    self._compile_step(functools.partial(train_step, self.objective))
     self._sample = jax.jit(
       functools.partial(sample_step, self.objective),
       in_shardings=(replicated(self.mesh), replicated(self.mesh), batch_sharding(self.mesh)),
@@ -630,15 +646,10 @@ class Trainer(StepRunner):
     return self.objective.model_variables(generator.params, generator.batch_stats, self.frozen)
 
   # -- compiled functions
-  def step(
-    self,
-    generator: TrainState,
-    discriminator: TrainState,
-    batch: Mapping[str, jax.Array],
-    key: jax.Array,
-  ) -> tuple[TrainState, TrainState, dict[str, jax.Array]]:
-    """One compiled training step (the input states are donated)."""
-    return self._step(generator, discriminator, self.frozen, batch, key)
+  @property
+  def step_inputs(self) -> dict[str, Any]:
+    """The frozen networks' variables (replicated)."""
+    return self.frozen
 
   def sample(self, generator: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return self._sample(generator, self.frozen, batch)

@@ -33,7 +33,7 @@ from mmfa_jax import losses
 from mmfa_jax.checkpoints import load_training_run
 from mmfa_jax.models.animation import animation_model_from_config
 from mmfa_jax.models.expression_vae import ExpressionVAE, LatentDiscriminator
-from mmfa_jax.train import StepRunner, batch_sharding, put_replicated, replicated
+from mmfa_jax.train import StepRunner, put_replicated, replicated
 from mmfa_jax.train_state import TrainState, apply_gradients
 
 
@@ -96,13 +96,7 @@ class VAETrainer(StepRunner):
       feature_dim=feature_dim, latent_dim=vae.latent_dim, hidden=tuple(vae.hidden)
     )
     self.discriminator = LatentDiscriminator(hidden=tuple(config.latent_discriminator.hidden))
-    rep, data = replicated(self.mesh), batch_sharding(self.mesh)
-    self._step = jax.jit(
-      self._train_step,
-      in_shardings=(rep, rep, rep, data, rep),
-      out_shardings=(rep, rep, rep),
-      donate_argnums=(0, 1),
-    )
+    self._compile_step(self._train_step)
 
   # -- states
   def _states(self, key: jax.Array) -> tuple[TrainState, TrainState]:
@@ -234,14 +228,10 @@ class VAETrainer(StepRunner):
     return new_vae, new_discriminator, metrics
 
   # -- what train_and_evaluate calls
-  def step(
-    self,
-    vae: TrainState,
-    discriminator: TrainState,
-    batch: Mapping[str, jax.Array],
-    key: jax.Array,
-  ) -> tuple[TrainState, TrainState, dict[str, jax.Array]]:
-    return self._step(vae, discriminator, self.encoder_variables, batch, key)
+  @property
+  def step_inputs(self) -> dict[str, Any]:
+    """The frozen MMFA model's variables (replicated)."""
+    return self.encoder_variables
 
   def sample_grid(self, vae: TrainState, local_batch: Any, batch: Any) -> None:
     """No image grid for the VAE (its samples are rendered by the animate/edit tools)."""

@@ -100,6 +100,9 @@ def main(argv: list[str]) -> None:
     "config": config_name,
     "generator": _GENERATOR.value if kind == "face_vid2vid" else None,
   }
+  if config is not None:  # what mmfa_jax.inference.Animator rebuilds the model from
+    metadata["model_config"] = config.model.to_json()
+    metadata["image_size"] = int(config.image_size)
   try:
     written = save_converted(
       _OUTPUT.value, conversion.variables, metadata, overwrite=_OVERWRITE.value

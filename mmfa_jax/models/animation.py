@@ -112,6 +112,26 @@ class AnimationModel(nn.Module):
       driving_motion=driving_motion,
     )
 
+  def frame_motion(self, frames: jax.Array, canonical_kp: jax.Array) -> dict[str, jax.Array]:
+    """Eval-mode motion of ``(B, H, W, 3)`` frames on (source) canonical keypoints ``(B or 1, K, 3)``
+    (see ``MotionEstimator.frame_motion``)."""
+    canonical_kp = jnp.broadcast_to(canonical_kp, (frames.shape[0], *canonical_kp.shape[1:]))
+    return self.motion_estimator.driving_motion(frames, canonical_kp, False)
+
+  def render(self, source_state: dict[str, Any], kp_driving: jax.Array) -> dict[str, Any]:
+    """Eval-mode generator outputs for target keypoints ``(B, K, 3)`` (editing, relative motion):
+    the source's appearance volume moved from its keypoints to ``kp_driving``."""
+    state = _broadcast_batch(source_state, kp_driving.shape[0])
+    return self.image_generator.decode(
+      state["feature_3d"], state["motion"]["kp"], kp_driving, False
+    )
+
+  def expression_deformation(self, latent: jax.Array, canonical_kp: jax.Array) -> jax.Array:
+    """MMFA's expression decoder (eval mode): latents ``(B, d)`` on canonical keypoints
+    ``(B or 1, K, 3)`` -> deformations ``(B, K, 3)``."""
+    canonical_kp = jnp.broadcast_to(canonical_kp, (latent.shape[0], *canonical_kp.shape[1:]))
+    return self.motion_estimator.exp_decoder(latent, canonical_kp, False)
+
   def __call__(self, source: jax.Array, driving: jax.Array, train: bool = False) -> dict[str, Any]:
     return self.animate(self.encode_source(source, train), driving, train)
 

@@ -161,3 +161,26 @@ def sparse_motions(
   keypoint_grids = grid[None, None] - driving + source  # (B, K, *S, n), reference's order
   identity = jnp.broadcast_to(grid[None, None], (batch, 1, *grid.shape))
   return jnp.concatenate([identity, keypoint_grids], axis=1)
+
+
+def relative_pose(
+  source: tuple[jax.Array, jax.Array, jax.Array],
+  driving: tuple[jax.Array, jax.Array, jax.Array],
+  initial: tuple[jax.Array, jax.Array, jax.Array],
+  movement_scale: float | jax.Array = 1.0,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """MMFA's relative motion (mmfa_delta.md 15): the driver's pose change since its first frame,
+  applied to the source's pose.
+
+  Each argument is ``(rotation (B, 3, 3), translation (B, 3), scale (B,))``; ``initial`` is the
+  first driving frame's (batch 1 or B). Returns ``R_d R_0^T R_s``, ``t_s + (t_d - t_0) * m`` and
+  ``s_s * s_d / s_0`` with ``m = movement_scale`` (scalar or ``(B,)``).
+  """
+  (r_s, t_s, s_s), (r_d, t_d, s_d), (r_0, t_0, s_0) = source, driving, initial
+  movement_scale = jnp.asarray(movement_scale, t_s.dtype)
+  if movement_scale.ndim == 1:
+    movement_scale = movement_scale[:, None]
+  rotation = r_d @ jnp.swapaxes(r_0, -1, -2) @ r_s  # (B, 3, 3)
+  translation = t_s + (t_d - t_0) * movement_scale  # (B, 3)
+  scale = s_s * s_d / s_0  # (B,)
+  return rotation, translation, scale

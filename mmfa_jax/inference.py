@@ -1,0 +1,666 @@
+"""Animation and editing with a trained or converted model: the Python API behind the commands.
+
+    from mmfa_jax.inference import Animator
+
+    animator = Animator.from_checkpoint("pretrained/fv2v")  # or a training run's workdir
+    frames = animator.animate(source, driving, mode="relative")  # (T, H, W, 3) in [0, 1]
+    turned = animator.edit(source, yaw=20.0)  # (H, W, 3)
+    video = animator.sweep(source, "yaw", np.linspace(-30, 30, 31))
+
+Images are RGB float arrays in [0, 1], ``(H, W, 3)``; videos ``(T, H, W, 3)`` or any iterable of
+frames (``iter_animate`` streams them: frames in, frames out, memory bounded by the batch size).
+Inputs of another size are resized to the model's (anti-aliased), as the reference demo does.
+Angles are in degrees; translations are (x, y, z) in the normalised [-1, 1] keypoint space.
+
+What a driving frame contributes (``mode``):
+
+- face_vid2vid (the reference's demo.py, architecture.md 6.4): ``'absolute'`` uses the driving
+  keypoints ``R_d x_c + t_d + delta_d`` on the source's canonical keypoints; ``'relative'`` uses
+  ``kp_s + (kp_d - kp_d0) * m`` with ``kp_d0`` from the first driving frame and ``m`` from
+  ``adapt_scale`` (convex-hull volumes, as the reference) or 1. ``yaw``/``pitch``/``roll`` replace
+  the predicted driving angles (free view).
+- MMFA (mmfa_delta.md 15): the expression deformation is always the driver's (already on the
+  source's canonical keypoints); ``'relative'`` moves the source's pose by the driver's change since
+  its first frame (``ops.keypoints.relative_pose``; ``adapt_scale`` scales the translation change
+  by ``s_s / s_d0``), ``'absolute'`` takes the driver's pose. ``yaw``/``pitch``/``roll`` set the
+  resulting angles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mmfa_jax.checkpoints import (
+  ConvertedWeightsError,
+  load_converted,
+  load_training_run,
+  read_metadata,
+  read_run_config,
+)
+from mmfa_jax.models.animation import AnimationModel, animation_model_from_config
+from mmfa_jax.models.expression_vae import ExpressionVAE
+from mmfa_jax.ops.keypoints import (
+  adapt_movement_scale,
+  mmfa_keypoints,
+  relative_keypoints,
+  relative_pose,
+)
+from mmfa_jax.ops.rotation import (
+  reference_rotation_matrix,
+  rotation_matrix,
+  rotation_matrix_to_euler,
+)
+
+Mode = Literal["relative", "absolute"]
+ANGLES = ("yaw", "pitch", "roll")
+ATTRIBUTES = ("yaw", "pitch", "roll", "scale", "tx", "ty", "tz")
+POSE_PATH = ("motion_estimator", "pose")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class CheckpointKindError(ConvertedWeightsError):
+  """A directory that is not an mmfa_jax model checkpoint, or not of the variant asked for."""
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+
+
+def as_image(image: Any, size: int, name: str = "image") -> np.ndarray:
+  """An ``(H, W, 3)`` float image in [0, 1] -> float32 ``(size, size, 3)`` (anti-aliased resize)."""
+  array = np.asarray(image, np.float32)
+  if array.ndim != 3 or array.shape[-1] != 3:
+    raise ValueError(f"{name}: want an (H, W, 3) RGB image, got shape {array.shape}")
+  if array.shape[:2] != (size, size):
+    logging.info(
+      "%s: resized from %dx%d to %dx%d", name, array.shape[1], array.shape[0], size, size
+    )
+    array = np.asarray(
+      jax.image.resize(jnp.asarray(array), (size, size, 3), "linear", antialias=True)
+    )
+  return np.clip(array, 0.0, 1.0)
+
+
+def _chunks(frames: Iterable[Any], size: int) -> Iterator[list[Any]]:
+  chunk = []
+  for frame in frames:
+    chunk.append(frame)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+# --------------------------------------------------------------------------------------------
+# Motion
+
+
+@dataclasses.dataclass(frozen=True)
+class Motion:
+  """Motion of a batch of frames on a source's canonical keypoints (host or device arrays).
+
+  ``yaw``, ``pitch``, ``roll`` (degrees) and ``scale`` are ``(B,)``; ``rotation`` ``(B, 3, 3)``,
+  ``translation`` ``(B, 3)``, ``expression_deformation`` and ``kp`` ``(B, K, 3)``;
+  ``expression_latent`` ``(B, d)`` for MMFA (``None`` for face_vid2vid).
+  """
+
+  yaw: jax.Array
+  pitch: jax.Array
+  roll: jax.Array
+  rotation: jax.Array
+  translation: jax.Array
+  scale: jax.Array
+  expression_deformation: jax.Array
+  kp: jax.Array
+  expression_latent: jax.Array | None = None
+
+  @classmethod
+  def from_dict(cls, motion: Mapping[str, jax.Array]) -> Motion:
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{k: motion[k] for k in names if k in motion})
+
+  def take(self, index: Any) -> Motion:
+    """Rows ``index`` of every field."""
+    return jax.tree.map(lambda x: x[index], self)
+
+
+jax.tree_util.register_dataclass(
+  Motion,
+  data_fields=[f.name for f in dataclasses.fields(Motion)],
+  meta_fields=[],
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled model functions (pure: variables in, arrays out)
+
+
+def _encode(model: AnimationModel, source: jax.Array) -> dict[str, Any]:
+  return model.encode_source(source, False)
+
+
+def _frame_motion(model: AnimationModel, frames: jax.Array, canonical_kp: jax.Array) -> dict:
+  return model.frame_motion(frames, canonical_kp)
+
+
+def _render(model: AnimationModel, state: dict[str, Any], kp_driving: jax.Array) -> jax.Array:
+  return model.render(state, kp_driving)["prediction"]
+
+
+def _expression_deformation(
+  model: AnimationModel, latent: jax.Array, canonical_kp: jax.Array
+) -> jax.Array:
+  return model.expression_deformation(latent, canonical_kp)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _config_from_file(name: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file named in converted metadata (relative to the repository)."""
+  path = name if os.path.isabs(name) else os.path.join(ROOT, name)
+  spec = importlib.util.spec_from_file_location("_converted_config", path)
+  if spec is None or not os.path.isfile(path):
+    raise CheckpointKindError(f"the config file {name} named in the metadata is not found")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _with_hopenet(variables: dict[str, Any], hopenet: Mapping[str, Any]) -> dict[str, Any]:
+  """Puts frozen Hopenet variables at ``motion_estimator/pose`` of a model variable tree."""
+  out = {}
+  for collection in ("params", "batch_stats"):
+    tree = dict(variables.get(collection, {}))
+    motion = dict(tree.get(POSE_PATH[0], {}))
+    motion[POSE_PATH[1]] = hopenet[collection]
+    tree[POSE_PATH[0]] = motion
+    out[collection] = tree
+  return out
+
+
+class Animator:
+  """A model with its variables, compiled once per input shape, for animation and editing.
+
+  Args:
+    model_config: the ``model`` section of the config the variables belong to.
+    variables: ``{'params', 'batch_stats'}`` of the whole ``AnimationModel``.
+    image_size: the model's input and output size (pixels, square).
+    batch_size: driving frames per compiled call.
+    vae: ``(ExpressionVAE, its variables)`` for expression interpolation and sampling (MMFA).
+  """
+
+  def __init__(
+    self,
+    model_config: ml_collections.ConfigDict,
+    variables: Mapping[str, Any],
+    *,
+    image_size: int,
+    batch_size: int = 8,
+    vae: tuple[ExpressionVAE, Mapping[str, Any]] | None = None,
+  ):
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    self.model_config = model_config
+    self.model = animation_model_from_config(model_config)
+    self.variant = model_config.get("variant", "mmfa")
+    self.deformation_frame = model_config.get("deformation_frame", "canonical")
+    self.image_size = int(image_size)
+    self.batch_size = int(batch_size)
+    self.variables = {
+      "params": variables["params"],
+      "batch_stats": variables.get("batch_stats", {}),
+    }
+    self.vae = vae
+    apply = self.model.apply
+    self._encode = jax.jit(functools.partial(apply, method=_encode))
+    self._motion = jax.jit(functools.partial(apply, method=_frame_motion))
+    self._render = jax.jit(functools.partial(apply, method=_render))
+    self._deformation = jax.jit(functools.partial(apply, method=_expression_deformation))
+
+  # -- loading
+  @classmethod
+  def from_checkpoint(
+    cls,
+    directory: str | os.PathLike,
+    *,
+    step: int | None = None,
+    hopenet: str | os.PathLike | None = None,
+    variant: str | None = None,
+    batch_size: int = 8,
+  ) -> Animator:
+    """Loads any mmfa_jax model checkpoint.
+
+    ``directory`` is a converted face-vid2vid checkpoint (``tools/convert_torch_weights.py
+    face_vid2vid``), a training run's workdir (MMFA or face_vid2vid, ``step`` or the latest), or an
+    expression-VAE run's workdir (its MMFA run is loaded with it). MMFA runs with the frozen
+    Hopenet take it from ``hopenet`` or the run's ``config.pretrained.hopenet``. ``variant``
+    ('mmfa' or 'face_vid2vid'), when given, must match.
+
+    Raises:
+      CheckpointKindError (a ``ValueError``): not an mmfa_jax model checkpoint, another variant,
+        or a missing Hopenet; the message names the directory.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+      raise CheckpointKindError(f"{directory}: no such checkpoint directory")
+    if os.path.isfile(os.path.join(directory, "metadata.json")):
+      animator = cls._from_converted(directory, batch_size)
+    elif os.path.isfile(os.path.join(directory, "config.json")):
+      animator = cls._from_run(directory, step, hopenet, batch_size)
+    else:
+      raise CheckpointKindError(
+        f"{directory}: not an mmfa_jax checkpoint (no metadata.json of a converted model, no "
+        "config.json of a training run)"
+      )
+    if variant is not None and animator.variant != variant:
+      raise CheckpointKindError(
+        f"{directory}: a {animator.variant} checkpoint, but a {variant} one is needed here"
+      )
+    return animator
+
+  @classmethod
+  def _from_converted(cls, directory: str, batch_size: int) -> Animator:
+    metadata = read_metadata(directory)
+    if metadata.get("kind") != "face_vid2vid":
+      raise CheckpointKindError(
+        f"{directory}: holds converted {metadata.get('kind')!r} weights, not an animation model "
+        "(convert a face-vid2vid checkpoint: tools/convert_torch_weights.py face_vid2vid)"
+      )
+    if metadata.get("model_config"):
+      model_config = ml_collections.ConfigDict(json.loads(metadata["model_config"]))
+      image_size = int(metadata["image_size"])
+    else:  # written before the metadata carried the model config
+      config = _config_from_file(metadata.get("config") or "configs/vox_face_vid2vid.py")
+      model_config, image_size = config.model, config.image_size
+    with model_config.unlocked():
+      model_config.variant = "face_vid2vid"
+      model_config.generator.kind = metadata.get("generator") or model_config.generator.kind
+    variables, _ = load_converted(directory, "face_vid2vid")
+    return cls(model_config, variables["model"], image_size=image_size, batch_size=batch_size)
+
+  @classmethod
+  def _from_run(cls, directory: str, step: int | None, hopenet: Any, batch_size: int) -> Animator:
+    config = read_run_config(directory)
+    vae = None
+    if config.get("task", "animation") == "expression_vae":
+      vae_config, vae_variables, _ = load_training_run(directory, step)
+      mmfa_dir, mmfa_step = config.mmfa.workdir, config.mmfa.get("step")
+      config, variables, _ = load_training_run(mmfa_dir, mmfa_step)
+      feature_dim = config.model.expression_encoder.latent_dim
+      vae = (
+        ExpressionVAE(
+          feature_dim=feature_dim,
+          latent_dim=vae_config.expression_vae.latent_dim,
+          hidden=tuple(vae_config.expression_vae.hidden),
+        ),
+        vae_variables,
+      )
+    else:
+      config, variables, _ = load_training_run(directory, step)
+    model = config.model
+    if model.get("variant", "mmfa") == "mmfa" and model.get("pose_network", "hopenet") == "hopenet":
+      source = hopenet or config.get("pretrained", {}).get("hopenet")
+      if not source:
+        raise CheckpointKindError(
+          f"{directory}: this MMFA model uses the frozen Hopenet, which is not part of the run; "
+          "pass the converted Hopenet directory (--hopenet DIR)"
+        )
+      variables = _with_hopenet(variables, load_converted(source, "hopenet")[0])
+    return cls(model, variables, image_size=config.image_size, batch_size=batch_size, vae=vae)
+
+  # -- building blocks
+  def encode_source(self, source: Any) -> dict[str, Any]:
+    """The source state (appearance volume, canonical keypoints, motion) of an image, batch 1."""
+    image = as_image(source, self.image_size, "source")
+    return self._encode(self.variables, image[None])
+
+  def motion(self, frames: Any, source_state: Mapping[str, Any]) -> Motion:
+    """Motion of frames ``(T, H, W, 3)`` (or one image) on the source's canonical keypoints."""
+    frames = np.asarray(frames, np.float32)
+    if frames.ndim == 3:
+      frames = frames[None]
+    images = np.stack([as_image(f, self.image_size, "frame") for f in frames])
+    canonical_kp = source_state["motion"]["canonical_kp"]
+    parts = []
+    for chunk in _chunks(range(len(images)), self.batch_size):
+      batch, count = self._padded(images[chunk[0] : chunk[-1] + 1])
+      parts.append(
+        Motion.from_dict(self._motion(self.variables, batch, canonical_kp)).take(slice(0, count))
+      )
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+  def source_motion(self, source_state: Mapping[str, Any]) -> Motion:
+    return Motion.from_dict(source_state["motion"])
+
+  def keypoints(
+    self,
+    canonical_kp: jax.Array,
+    rotation: jax.Array,
+    translation: jax.Array,
+    scale: jax.Array,
+    expression_deformation: jax.Array,
+  ) -> jax.Array:
+    """Keypoints ``(B, K, 3)`` of a pose and expression on canonical keypoints (batch 1 or B).
+
+    MMFA: ``ops.keypoints.mmfa_keypoints``. face_vid2vid: ``s (R x_c + delta) + t``, the
+    reference's ``R x_c + t + delta`` at ``s = 1``.
+    """
+    batch = rotation.shape[0]
+    canonical_kp = jnp.broadcast_to(canonical_kp, (batch, *canonical_kp.shape[1:]))
+    if self.variant == "mmfa":
+      return mmfa_keypoints(
+        canonical_kp,
+        rotation,
+        translation,
+        scale,
+        expression_deformation,
+        deformation_frame=self.deformation_frame,
+      )
+    posed = jnp.einsum("bij,bkj->bki", rotation, canonical_kp) + expression_deformation
+    return jnp.reshape(scale, (batch, 1, 1)) * posed + translation[:, None, :]
+
+  def rotation(self, yaw: Any, pitch: Any, roll: Any) -> jax.Array:
+    """The variant's rotation matrices for angles in degrees (the reference's pi = 3.14 for
+    face_vid2vid, the exact pi for MMFA)."""
+    if self.variant == "mmfa":
+      return rotation_matrix(yaw, pitch, roll)
+    return reference_rotation_matrix(yaw, pitch, roll)
+
+  def render(self, source_state: Mapping[str, Any], kp_driving: Any) -> np.ndarray:
+    """Frames ``(B, H, W, 3)`` for target keypoints ``(B, K, 3)``, in compiled batches."""
+    kp_driving = jnp.asarray(kp_driving, jnp.float32)
+    out = []
+    for start in range(0, kp_driving.shape[0], self.batch_size):
+      batch, count = self._padded(kp_driving[start : start + self.batch_size])
+      out.append(np.asarray(self._render(self.variables, source_state, batch))[:count])
+    return np.concatenate(out)
+
+  def _padded(self, batch: Any) -> tuple[Any, int]:
+    """A batch padded to ``batch_size`` rows (repeating the last), so one compilation serves all."""
+    count = batch.shape[0]
+    if count == self.batch_size:
+      return batch, count
+    pad = jnp.repeat(batch[-1:], self.batch_size - count, axis=0)
+    return jnp.concatenate([jnp.asarray(batch), pad]), count
+
+  # -- animation
+  def driving_keypoints(
+    self,
+    source: Motion,
+    driving: Motion,
+    initial: Motion,
+    *,
+    mode: Mode = "relative",
+    adapt_scale: bool = False,
+    yaw: float | None = None,
+    pitch: float | None = None,
+    roll: float | None = None,
+    canonical_kp: jax.Array,
+  ) -> jax.Array:
+    """Target keypoints ``(B, K, 3)`` for driving motions (see the module docstring)."""
+    if mode not in ("relative", "absolute"):
+      raise ValueError(f"mode must be 'relative' or 'absolute', got {mode!r}")
+    overrides = {"yaw": yaw, "pitch": pitch, "roll": roll}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    batch = driving.kp.shape[0]
+    if self.variant == "face_vid2vid":
+      kp_driving = driving.kp
+      if given:
+        angles = {
+          k: jnp.full((batch,), given[k], jnp.float32) if k in given else getattr(driving, k)
+          for k in ANGLES
+        }
+        rotation = self.rotation(angles["yaw"], angles["pitch"], angles["roll"])
+        kp_driving = self.keypoints(
+          canonical_kp,
+          rotation,
+          driving.translation,
+          driving.scale,
+          driving.expression_deformation,
+        )
+      if mode == "absolute":
+        return kp_driving
+      scale = adapt_movement_scale(source.kp, initial.kp) if adapt_scale else 1.0
+      return relative_keypoints(source.kp, kp_driving, initial.kp, scale)
+
+    if mode == "absolute":
+      rotation, translation, scale = driving.rotation, driving.translation, driving.scale
+    else:
+      movement = source.scale / initial.scale if adapt_scale else 1.0
+      rotation, translation, scale = relative_pose(
+        (source.rotation, source.translation, source.scale),
+        (driving.rotation, driving.translation, driving.scale),
+        (initial.rotation, initial.translation, initial.scale),
+        movement,
+      )
+    rotation = jnp.broadcast_to(rotation, (batch, 3, 3))
+    translation = jnp.broadcast_to(translation, (batch, 3))
+    scale = jnp.broadcast_to(scale, (batch,))
+    if given:
+      angles = dict(zip(ANGLES, rotation_matrix_to_euler(rotation)))
+      angles.update({k: jnp.full((batch,), v, jnp.float32) for k, v in given.items()})
+      rotation = self.rotation(angles["yaw"], angles["pitch"], angles["roll"])
+    return self.keypoints(
+      canonical_kp, rotation, translation, scale, driving.expression_deformation
+    )
+
+  def iter_animate(
+    self,
+    source: Any,
+    driving: Iterable[Any],
+    *,
+    mode: Mode = "relative",
+    adapt_scale: bool = False,
+    yaw: float | None = None,
+    pitch: float | None = None,
+    roll: float | None = None,
+  ) -> Iterator[np.ndarray]:
+    """Generated frames ``(H, W, 3)``, one per driving frame, streamed in batches."""
+    state = self.encode_source(source)
+    source_motion = self.source_motion(state)
+    canonical_kp = state["motion"]["canonical_kp"]
+    initial = None
+    for chunk in _chunks(driving, self.batch_size):
+      motion = self.motion(
+        np.stack([as_image(f, self.image_size, "driving frame") for f in chunk]), state
+      )
+      if initial is None:
+        initial = motion.take(slice(0, 1))
+      kp = self.driving_keypoints(
+        source_motion,
+        motion,
+        initial,
+        mode=mode,
+        adapt_scale=adapt_scale,
+        yaw=yaw,
+        pitch=pitch,
+        roll=roll,
+        canonical_kp=canonical_kp,
+      )
+      yield from self.render(state, kp)
+
+  def animate(self, source: Any, driving: Any, **options: Any) -> np.ndarray:
+    """``(T, H, W, 3)`` generated frames for a driving video ``(T, H, W, 3)`` (or one image);
+    options as ``iter_animate``."""
+    driving = np.asarray(driving, np.float32)
+    if driving.ndim == 3:
+      driving = driving[None]
+    if driving.ndim != 4 or driving.shape[0] == 0:
+      raise ValueError(f"driving: want (T, H, W, 3) frames, got shape {driving.shape}")
+    return np.stack(list(self.iter_animate(source, driving, **options)))
+
+  # -- editing
+  def edited_motion(
+    self,
+    source_state: Mapping[str, Any],
+    *,
+    yaw: Any = None,
+    pitch: Any = None,
+    roll: Any = None,
+    translation: Any = None,
+    scale: Any = None,
+    expression_from: Any = None,
+    expression_scale: float | Sequence[float] = 1.0,
+  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(rotation, translation, scale, expression_deformation)`` of an edit, batch B.
+
+    Each attribute is a value (degrees; ``(3,)`` translation; scale factor), a sequence / array of
+    B values, or an image whose attribute is taken; ``None`` keeps the source's. With nothing given
+    the source's own motion comes back unchanged (an exact identity).
+    """
+    source = self.source_motion(source_state)
+
+    def take(value: Any, name: str) -> Any:
+      if value is None:
+        return None
+      array = np.asarray(value, np.float32)
+      if array.ndim == 3:  # an image
+        return getattr(self.motion(array, source_state), name)
+      return jnp.asarray(array)
+
+    values = {
+      "yaw": take(yaw, "yaw"),
+      "pitch": take(pitch, "pitch"),
+      "roll": take(roll, "roll"),
+      "translation": take(translation, "translation"),
+      "scale": take(scale, "scale"),
+    }
+    deformation = source.expression_deformation
+    if expression_from is not None:
+      deformation = self.motion(expression_from, source_state).expression_deformation
+    factor = jnp.asarray(expression_scale, jnp.float32)
+    sizes = [
+      jnp.atleast_1d(v).shape[0] for k, v in values.items() if v is not None and k != "translation"
+    ]
+    if values["translation"] is not None:
+      sizes.append(jnp.atleast_2d(values["translation"]).shape[0])
+    sizes.append(jnp.atleast_1d(factor).shape[0])
+    batch = max(sizes)
+
+    if any(values[k] is not None for k in ANGLES):
+      angles = {
+        k: jnp.broadcast_to(
+          jnp.atleast_1d(values[k] if values[k] is not None else getattr(source, k)), (batch,)
+        )
+        for k in ANGLES
+      }
+      rotation = self.rotation(angles["yaw"], angles["pitch"], angles["roll"])
+    else:
+      rotation = jnp.broadcast_to(source.rotation, (batch, 3, 3))
+    translation = values["translation"] if values["translation"] is not None else source.translation
+    translation = jnp.broadcast_to(jnp.atleast_2d(translation), (batch, 3))
+    scale = values["scale"] if values["scale"] is not None else source.scale
+    scale = jnp.broadcast_to(jnp.atleast_1d(scale), (batch,))
+    if expression_from is not None or np.any(np.asarray(expression_scale) != 1.0):
+      deformation = (
+        jnp.reshape(jnp.broadcast_to(jnp.atleast_1d(factor), (batch,)), (batch, 1, 1)) * deformation
+      )
+    deformation = jnp.broadcast_to(deformation, (batch, *deformation.shape[1:]))
+    return rotation, translation, scale, deformation
+
+  def edit_keypoints(self, source_state: Mapping[str, Any], **edits: Any) -> jax.Array:
+    """Target keypoints ``(B, K, 3)`` of an edit (arguments as ``edited_motion``); with no
+    attribute changed, exactly the source's own keypoints."""
+    unchanged = all(v is None for k, v in edits.items() if k != "expression_scale")
+    if unchanged and np.all(np.asarray(edits.get("expression_scale", 1.0)) == 1.0):
+      return jnp.asarray(source_state["motion"]["kp"])
+    rotation, translation, scale, deformation = self.edited_motion(source_state, **edits)
+    return self.keypoints(
+      source_state["motion"]["canonical_kp"], rotation, translation, scale, deformation
+    )
+
+  def edit(self, source: Any, **edits: Any) -> np.ndarray:
+    """The source image with some motion attributes changed: ``(H, W, 3)`` for single values,
+    ``(B, H, W, 3)`` when an attribute is given B values. Arguments: ``yaw``, ``pitch``, ``roll``
+    (degrees), ``translation`` ((x, y, z)), ``scale``, ``expression_from`` (an image),
+    ``expression_scale`` (see ``edited_motion``)."""
+    state = self.encode_source(source)
+    kp = self.edit_keypoints(state, **edits)
+    frames = self.render(state, kp)
+    return frames[0] if frames.shape[0] == 1 else frames
+
+  def sweep(self, source: Any, attribute: str, values: Sequence[float], **fixed: Any) -> np.ndarray:
+    """``(len(values), H, W, 3)`` frames with one attribute moving through ``values``.
+
+    ``attribute``: yaw, pitch, roll (degrees), scale, tx, ty, tz (translation components), or
+    expression_scale; ``fixed`` are further edits held constant.
+    """
+    values = np.asarray(values, np.float32)
+    state = self.encode_source(source)
+    if attribute in ("tx", "ty", "tz"):
+      base = fixed.pop("translation", None)
+      base = np.asarray(
+        self.source_motion(state).translation[0] if base is None else base, np.float32
+      )
+      translation = np.repeat(base[None], len(values), axis=0)
+      translation[:, "xyz".index(attribute[1])] = values
+      fixed["translation"] = translation
+    elif attribute in ("yaw", "pitch", "roll", "scale", "expression_scale"):
+      fixed[attribute] = values
+    else:
+      raise ValueError(
+        f"attribute must be one of {', '.join(ATTRIBUTES)} or expression_scale, got {attribute!r}"
+      )
+    return self.render(state, self.edit_keypoints(state, **fixed))
+
+  # -- expression VAE (MMFA)
+  def _require_vae(self) -> tuple[ExpressionVAE, Mapping[str, Any]]:
+    if self.vae is None:
+      raise CheckpointKindError(
+        "this checkpoint has no expression VAE: load the workdir of a configs/vox_vae.py run"
+      )
+    return self.vae
+
+  def _render_latents(self, state: Mapping[str, Any], latents: jax.Array) -> np.ndarray:
+    """Frames for VAE latents ``(N, latent_dim)``: decoded to expression features, then to
+    deformations on the source's canonical keypoints; the source's pose is kept."""
+    vae, vae_variables = self._require_vae()
+    features = vae.apply(vae_variables, latents, method=ExpressionVAE.decode)  # (N, feature_dim)
+    canonical_kp = state["motion"]["canonical_kp"]
+    deformation = self._deformation(self.variables, features, canonical_kp)  # (N, K, 3)
+    source = self.source_motion(state)
+    n = latents.shape[0]
+    kp = self.keypoints(
+      canonical_kp,
+      jnp.broadcast_to(source.rotation, (n, 3, 3)),
+      jnp.broadcast_to(source.translation, (n, 3)),
+      jnp.broadcast_to(source.scale, (n,)),
+      deformation,
+    )
+    return self.render(state, kp)
+
+  def interpolate_expression(self, source: Any, a: Any, b: Any, steps: int) -> np.ndarray:
+    """``(steps, H, W, 3)``: the source's face going from image ``a``'s expression to ``b``'s
+    along the VAE latent line ``z = (1 - alpha) mu(a) + alpha mu(b)`` (mmfa_delta.md 14)."""
+    vae, vae_variables = self._require_vae()
+    if steps < 2:
+      raise ValueError(f"steps must be at least 2, got {steps}")
+    state = self.encode_source(source)
+    features = self.motion(
+      np.stack([as_image(a, self.image_size, "a"), as_image(b, self.image_size, "b")]), state
+    ).expression_latent
+    mean, _ = vae.apply(vae_variables, features, method=ExpressionVAE.encode)  # (2, latent_dim)
+    alpha = jnp.linspace(0.0, 1.0, steps)[:, None]
+    return self._render_latents(state, (1 - alpha) * mean[0] + alpha * mean[1])
+
+  def sample_expressions(self, source: Any, n: int, seed: int = 0) -> np.ndarray:
+    """``(n, H, W, 3)``: the source with expressions decoded from ``z ~ N(0, I)``."""
+    vae, _ = self._require_vae()
+    state = self.encode_source(source)
+    latents = jax.random.normal(jax.random.key(seed), (n, vae.latent_dim))
+    return self._render_latents(state, latents)

@@ -47,13 +47,17 @@ def _max_difference(a, b):
 
 
 @pytest.fixture(scope="module")
-def one_device_run(tmp_path_factory):
+def one_device_trainer():
+  """The 1-device trainer of this module's config, shared so that its step compiles once (a
+  resumed run reads its states from disk; which compiled step runs them does not matter)."""
+  return Trainer(_config(), mesh=make_mesh(1), frozen={})
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory, one_device_trainer):
   """The uninterrupted 4-step run on one device: (workdir, generator, discriminator params)."""
   workdir = tmp_path_factory.mktemp("train") / "one_device"
-  config = _config()
-  generator, discriminator = train_and_evaluate(
-    config, str(workdir), trainer=Trainer(config, mesh=make_mesh(1), frozen={})
-  )
+  generator, discriminator = train_and_evaluate(_config(), str(workdir), trainer=one_device_trainer)
   return workdir, _params(generator), _params(discriminator)
 
 
@@ -64,10 +68,10 @@ def test_synthetic_config_needs_no_pretrained_networks():
 
 
 @pytest.mark.slow
-def test_train_resume_equals_uninterrupted_run(tmp_path, one_device_run):
+def test_train_resume_equals_uninterrupted_run(tmp_path, one_device_run, one_device_trainer):
   workdir, straight, _ = one_device_run
   config = _config(stop_after_steps=2)
-  trainer = Trainer(config, mesh=make_mesh(1), frozen={})
+  trainer = one_device_trainer
   first, _ = train_and_evaluate(config, str(tmp_path / "resumed"), trainer=trainer)
   assert int(first.step) == 2
   config.train.stop_after_steps = None
@@ -99,7 +103,7 @@ def test_train_resume_equals_uninterrupted_run(tmp_path, one_device_run):
 
 
 @pytest.fixture(scope="module")
-def first_step():
+def first_step(one_device_trainer):
   """Step 1 of the run (``init_states``, key ``seed + 1``, the first batch of the iterator) on a
   1-device and on an 8-device mesh: ``{devices: (metrics, generator params, discriminator params)}``.
   """
@@ -109,7 +113,10 @@ def first_step():
   local = next(make_train_iterator(config, config.train.seed))
   results = {}
   for devices in (1, 8):
-    trainer = Trainer(config, mesh=make_mesh(devices), frozen={})
+    if devices == 1:
+      trainer = one_device_trainer
+    else:
+      trainer = Trainer(config, mesh=make_mesh(devices), frozen={})
     generator, discriminator = trainer.init_states()
     key = jax.device_put(jax.random.key(config.train.seed + 1), replicated(trainer.mesh))
     generator, discriminator, metrics = trainer.step(

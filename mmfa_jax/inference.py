@@ -49,7 +49,12 @@ from mmfa_jax.checkpoints import (
   read_metadata,
   read_run_config,
 )
-from mmfa_jax.models.animation import AnimationModel, animation_model_from_config
+from mmfa_jax.data.video import resize, to_rgb_float
+from mmfa_jax.models.animation import (
+  AnimationModel,
+  animation_model_from_config,
+  with_frozen_pose_network,
+)
 from mmfa_jax.models.expression_vae import ExpressionVAE
 from mmfa_jax.ops.keypoints import (
   adapt_movement_scale,
@@ -66,7 +71,6 @@ from mmfa_jax.ops.rotation import (
 Mode = Literal["relative", "absolute"]
 ANGLES = ("yaw", "pitch", "roll")
 ATTRIBUTES = ("yaw", "pitch", "roll", "scale", "tx", "ty", "tz")
-POSE_PATH = ("motion_estimator", "pose")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -79,17 +83,23 @@ class CheckpointKindError(ConvertedWeightsError):
 
 
 def as_image(image: Any, size: int, name: str = "image") -> np.ndarray:
-  """An ``(H, W, 3)`` float image in [0, 1] -> float32 ``(size, size, 3)`` (anti-aliased resize)."""
-  array = np.asarray(image, np.float32)
-  if array.ndim != 3 or array.shape[-1] != 3:
+  """An RGB, gray or RGBA image (uint8, uint16 or float in [0, 1]) -> float32 ``(size, size, 3)``.
+
+  Conversion by ``data.video.to_rgb_float``; other sizes are resized (``data.video.resize``,
+  anti-aliased bilinear, aspect not kept: crop first to keep it), which is logged.
+  """
+  array = np.asarray(image)
+  if array.ndim not in (2, 3):
     raise ValueError(f"{name}: want an (H, W, 3) RGB image, got shape {array.shape}")
+  try:
+    array = to_rgb_float(array)
+  except ValueError as error:
+    raise ValueError(f"{name}: {error} (shape {array.shape})") from error
   if array.shape[:2] != (size, size):
     logging.info(
       "%s: resized from %dx%d to %dx%d", name, array.shape[1], array.shape[0], size, size
     )
-    array = np.asarray(
-      jax.image.resize(jnp.asarray(array), (size, size, 3), "linear", antialias=True)
-    )
+    array = resize(array, size)
   return np.clip(array, 0.0, 1.0)
 
 
@@ -179,18 +189,6 @@ def _config_from_file(name: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
-
-
-def _with_hopenet(variables: dict[str, Any], hopenet: Mapping[str, Any]) -> dict[str, Any]:
-  """Puts frozen Hopenet variables at ``motion_estimator/pose`` of a model variable tree."""
-  out = {}
-  for collection in ("params", "batch_stats"):
-    tree = dict(variables.get(collection, {}))
-    motion = dict(tree.get(POSE_PATH[0], {}))
-    motion[POSE_PATH[1]] = hopenet[collection]
-    tree[POSE_PATH[0]] = motion
-    out[collection] = tree
-  return out
 
 
 class Animator:
@@ -320,7 +318,7 @@ class Animator:
           f"{directory}: this MMFA model uses the frozen Hopenet, which is not part of the run; "
           "pass the converted Hopenet directory (--hopenet DIR)"
         )
-      variables = _with_hopenet(variables, load_converted(source, "hopenet")[0])
+      variables = with_frozen_pose_network(variables, load_converted(source, "hopenet")[0])
     return cls(model, variables, image_size=config.image_size, batch_size=batch_size, vae=vae)
 
   # -- building blocks
@@ -331,7 +329,7 @@ class Animator:
 
   def motion(self, frames: Any, source_state: Mapping[str, Any]) -> Motion:
     """Motion of frames ``(T, H, W, 3)`` (or one image) on the source's canonical keypoints."""
-    frames = np.asarray(frames, np.float32)
+    frames = np.asarray(frames)
     if frames.ndim == 3:
       frames = frames[None]
     images = np.stack([as_image(f, self.image_size, "frame") for f in frames])
@@ -497,7 +495,7 @@ class Animator:
   def animate(self, source: Any, driving: Any, **options: Any) -> np.ndarray:
     """``(T, H, W, 3)`` generated frames for a driving video ``(T, H, W, 3)`` (or one image);
     options as ``iter_animate``."""
-    driving = np.asarray(driving, np.float32)
+    driving = np.asarray(driving)
     if driving.ndim == 3:
       driving = driving[None]
     if driving.ndim != 4 or driving.shape[0] == 0:
@@ -528,10 +526,10 @@ class Animator:
     def take(value: Any, name: str) -> Any:
       if value is None:
         return None
-      array = np.asarray(value, np.float32)
+      array = np.asarray(value)
       if array.ndim == 3:  # an image
         return getattr(self.motion(array, source_state), name)
-      return jnp.asarray(array)
+      return jnp.asarray(array, jnp.float32)
 
     values = {
       "yaw": take(yaw, "yaw"),

@@ -33,7 +33,12 @@ from jax.sharding import PartitionSpec as P
 
 from mmfa_jax import losses
 from mmfa_jax.checkpoints import load_pretrained
-from mmfa_jax.models.animation import AnimationModel, animation_model_from_config
+from mmfa_jax.models.animation import (
+  AnimationModel,
+  animation_model_from_config,
+  with_frozen_pose_network,
+  without_frozen_pose_network,
+)
 from mmfa_jax.models.discriminator import MultiScaleDiscriminator
 from mmfa_jax.models.hopenet import Hopenet, prepare_hopenet_input
 from mmfa_jax.models.perceptual import VGG19, VGGFace
@@ -43,7 +48,6 @@ from mmfa_jax.ops.tps import sample_similarity_transform, sample_tps_transform, 
 from mmfa_jax.train_state import TrainState, apply_gradients, make_optimizer, step_schedule
 
 DATA_AXIS = "data"
-POSE_PATH = ("motion_estimator", "pose")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Metrics summed over a logging window (counts); every other metric is averaged.
 COUNTED_METRICS = ("generator_skipped", "discriminator_skipped", "skipped_samples")
@@ -113,26 +117,6 @@ def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     if not isinstance(tree, Mapping) or key not in tree:
       return None
     tree = tree[key]
-  return tree
-
-
-def _without(tree: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-  """A copy of nested dicts without ``path`` (no-op when it is absent)."""
-  tree = dict(tree)
-  if len(path) == 1:
-    tree.pop(path[0], None)
-  elif path[0] in tree:
-    tree[path[0]] = _without(tree[path[0]], path[1:])
-  return tree
-
-
-def _with(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-  """A copy of nested dicts with ``path`` set to ``value``."""
-  tree = dict(tree)
-  if len(path) == 1:
-    tree[path[0]] = value
-  else:
-    tree[path[0]] = _with(tree.get(path[0], {}), path[1:], value)
   return tree
 
 
@@ -255,16 +239,16 @@ class Objective:
   def model_variables(self, params: Any, batch_stats: Any, frozen: Mapping[str, Any]) -> dict:
     """The model's full variable tree: trained variables plus a frozen MMFA Hopenet."""
     if self.variant == "mmfa" and "hopenet" in frozen:
-      params = _with(params, POSE_PATH, frozen["hopenet"]["params"])
-      batch_stats = _with(batch_stats, POSE_PATH, frozen["hopenet"]["batch_stats"])
+      return with_frozen_pose_network(
+        {"params": params, "batch_stats": batch_stats}, frozen["hopenet"]
+      )
     return {"params": params, "batch_stats": batch_stats}
 
   def trained_part(self, variables: Mapping[str, Any]) -> tuple[Any, Any]:
     """(params, batch_stats) of a full model variable tree, less the frozen MMFA Hopenet."""
-    params, stats = variables["params"], variables.get("batch_stats", {})
     if self.variant == "mmfa" and self.config.model.get("pose_network", "hopenet") == "hopenet":
-      params, stats = _without(params, POSE_PATH), _without(stats, POSE_PATH)
-    return params, stats
+      variables = without_frozen_pose_network(variables)
+    return variables["params"], variables.get("batch_stats", {})
 
   def discriminate(
     self, params: Any, batch_stats: Any, images: jax.Array

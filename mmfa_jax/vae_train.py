@@ -21,6 +21,7 @@ the VAE has collapsed to the mean expression).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,6 +87,8 @@ class VAETrainer(StepRunner):
       mmfa_model_config = run_config.model
       with config.unlocked():
         config.image_size = run_config.image_size
+        # Saved in the run's config.json: absolute, so the run loads from any directory.
+        config.mmfa.workdir = os.path.abspath(config.mmfa.workdir)
     self.model = animation_model_from_config(mmfa_model_config)
     self.encoder_variables = put_replicated(
       {k: encoder_variables[k] for k in ("params", "batch_stats")}, self.mesh

@@ -60,12 +60,20 @@ def read_image(path: str) -> np.ndarray:
     raise FrameReadError(f"{path}: not a readable image ({error})") from error
 
 
-def resize(frame: np.ndarray, size: int) -> np.ndarray:
-  """Float RGB frame -> ``(size, size, 3)`` (anti-aliased bilinear, aspect not kept)."""
-  if frame.shape[:2] == (size, size):
-    return frame.astype(np.float32)
-  image = Image.fromarray((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8))
-  return np.asarray(image.resize((size, size), Image.BILINEAR), np.float32) / 255
+def resize(frame: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+  """Float frame ``(H, W, C)`` -> ``(size, size, C)`` or ``(height, width, C)`` for a pair.
+
+  Anti-aliased bilinear (PIL's, per channel in float: no 8-bit rounding); aspect not kept.
+  """
+  height, width = (size, size) if isinstance(size, int) else size
+  frame = np.asarray(frame, np.float32)
+  if frame.shape[:2] == (height, width):
+    return frame
+  channels = [
+    np.asarray(Image.fromarray(frame[..., c], mode="F").resize((width, height), Image.BILINEAR))
+    for c in range(frame.shape[-1])
+  ]
+  return np.stack(channels, axis=-1).astype(np.float32)
 
 
 def is_video_entry(path: str) -> bool:

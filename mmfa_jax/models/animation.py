@@ -27,6 +27,46 @@ GENERATORS = {
 }
 
 
+# Where the frozen, separately converted Hopenet sits in an MMFA model's variable tree.
+FROZEN_POSE_PATH = ("motion_estimator", "pose")
+
+
+def _with_path(tree: Any, path: tuple[str, ...], value: Any) -> dict[str, Any]:
+  tree = dict(tree)
+  if len(path) == 1:
+    tree[path[0]] = value
+  else:
+    tree[path[0]] = _with_path(tree.get(path[0], {}), path[1:], value)
+  return tree
+
+
+def _without_path(tree: Any, path: tuple[str, ...]) -> dict[str, Any]:
+  tree = dict(tree)
+  if len(path) == 1:
+    tree.pop(path[0], None)
+  elif path[0] in tree:
+    tree[path[0]] = _without_path(tree[path[0]], path[1:])
+  return tree
+
+
+def with_frozen_pose_network(variables: Any, pose_variables: Any) -> dict[str, Any]:
+  """A copy of ``{'params', 'batch_stats'}`` with the frozen Hopenet's variables put in place."""
+  return {
+    collection: _with_path(
+      variables.get(collection, {}), FROZEN_POSE_PATH, pose_variables.get(collection, {})
+    )
+    for collection in ("params", "batch_stats")
+  }
+
+
+def without_frozen_pose_network(variables: Any) -> dict[str, Any]:
+  """A copy of ``{'params', 'batch_stats'}`` less the frozen Hopenet (no-op where absent)."""
+  return {
+    collection: _without_path(variables.get(collection, {}), FROZEN_POSE_PATH)
+    for collection in ("params", "batch_stats")
+  }
+
+
 def _broadcast_batch(tree: Any, batch: int) -> Any:
   def expand(x: jax.Array) -> jax.Array:
     if x.shape[0] == batch:

@@ -224,6 +224,7 @@ class Animator:
       "batch_stats": variables.get("batch_stats", {}),
     }
     self.vae = vae
+    self.checkpoint: str | None = None  # the directory, when loaded by ``from_checkpoint``
     apply = self.model.apply
     self._encode = jax.jit(functools.partial(apply, method=_encode))
     self._motion = jax.jit(functools.partial(apply, method=_frame_motion))
@@ -265,6 +266,7 @@ class Animator:
         f"{directory}: not an mmfa_jax checkpoint (no metadata.json of a converted model, no "
         "config.json of a training run)"
       )
+    animator.checkpoint = directory
     if variant is not None and animator.variant != variant:
       raise CheckpointKindError(
         f"{directory}: a {animator.variant} checkpoint, but a {variant} one is needed here"
@@ -381,12 +383,14 @@ class Animator:
 
   def render(self, source_state: Mapping[str, Any], kp_driving: Any) -> np.ndarray:
     """Frames ``(B, H, W, 3)`` for target keypoints ``(B, K, 3)``, in compiled batches."""
+    return np.concatenate(list(self.iter_render(source_state, kp_driving)))
+
+  def iter_render(self, source_state: Mapping[str, Any], kp_driving: Any) -> Iterator[np.ndarray]:
+    """``render`` one compiled batch at a time: ``(b, H, W, 3)`` arrays, b <= batch_size."""
     kp_driving = jnp.asarray(kp_driving, jnp.float32)
-    out = []
     for start in range(0, kp_driving.shape[0], self.batch_size):
       batch, count = self._padded(kp_driving[start : start + self.batch_size])
-      out.append(np.asarray(self._render(self.variables, source_state, batch))[:count])
-    return np.concatenate(out)
+      yield np.asarray(self._render(self.variables, source_state, batch))[:count]
 
   def _padded(self, batch: Any) -> tuple[Any, int]:
     """A batch padded to ``batch_size`` rows (repeating the last), so one compilation serves all."""
@@ -598,12 +602,18 @@ class Animator:
     ``attribute``: yaw, pitch, roll (degrees), scale, tx, ty, tz (translation components), or
     expression_scale; ``fixed`` are further edits held constant.
     """
-    values = np.asarray(values, np.float32)
     state = self.encode_source(source)
+    return self.render(state, self.sweep_keypoints(state, attribute, values, **fixed))
+
+  def sweep_keypoints(
+    self, source_state: Mapping[str, Any], attribute: str, values: Sequence[float], **fixed: Any
+  ) -> jax.Array:
+    """Target keypoints ``(len(values), K, 3)`` of ``sweep``."""
+    values = np.asarray(values, np.float32)
     if attribute in ("tx", "ty", "tz"):
       base = fixed.pop("translation", None)
       base = np.asarray(
-        self.source_motion(state).translation[0] if base is None else base, np.float32
+        self.source_motion(source_state).translation[0] if base is None else base, np.float32
       )
       translation = np.repeat(base[None], len(values), axis=0)
       translation[:, "xyz".index(attribute[1])] = values
@@ -614,20 +624,22 @@ class Animator:
       raise ValueError(
         f"attribute must be one of {', '.join(ATTRIBUTES)} or expression_scale, got {attribute!r}"
       )
-    return self.render(state, self.edit_keypoints(state, **fixed))
+    return self.edit_keypoints(source_state, **fixed)
 
   # -- expression VAE (MMFA)
-  def _require_vae(self) -> tuple[ExpressionVAE, Mapping[str, Any]]:
+  def require_vae(self) -> tuple[ExpressionVAE, Mapping[str, Any]]:
+    """``(ExpressionVAE, variables)``; ``CheckpointKindError`` when the model has none."""
     if self.vae is None:
       raise CheckpointKindError(
-        "this checkpoint has no expression VAE: load the workdir of a configs/vox_vae.py run"
+        f"{self.checkpoint or 'this checkpoint'}: has no expression VAE: load the workdir of a "
+        "configs/vox_vae.py run"
       )
     return self.vae
 
   def _render_latents(self, state: Mapping[str, Any], latents: jax.Array) -> np.ndarray:
     """Frames for VAE latents ``(N, latent_dim)``: decoded to expression features, then to
     deformations on the source's canonical keypoints; the source's pose is kept."""
-    vae, vae_variables = self._require_vae()
+    vae, vae_variables = self.require_vae()
     features = vae.apply(vae_variables, latents, method=ExpressionVAE.decode)  # (N, feature_dim)
     canonical_kp = state["motion"]["canonical_kp"]
     deformation = self._deformation(self.variables, features, canonical_kp)  # (N, K, 3)
@@ -645,7 +657,7 @@ class Animator:
   def interpolate_expression(self, source: Any, a: Any, b: Any, steps: int) -> np.ndarray:
     """``(steps, H, W, 3)``: the source's face going from image ``a``'s expression to ``b``'s
     along the VAE latent line ``z = (1 - alpha) mu(a) + alpha mu(b)`` (mmfa_delta.md 14)."""
-    vae, vae_variables = self._require_vae()
+    vae, vae_variables = self.require_vae()
     if steps < 2:
       raise ValueError(f"steps must be at least 2, got {steps}")
     state = self.encode_source(source)
@@ -658,7 +670,7 @@ class Animator:
 
   def sample_expressions(self, source: Any, n: int, seed: int = 0) -> np.ndarray:
     """``(n, H, W, 3)``: the source with expressions decoded from ``z ~ N(0, I)``."""
-    vae, _ = self._require_vae()
+    vae, _ = self.require_vae()
     state = self.encode_source(source)
     latents = jax.random.normal(jax.random.key(seed), (n, vae.latent_dim))
     return self._render_latents(state, latents)

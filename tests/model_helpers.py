@@ -57,3 +57,32 @@ def _stats(rng: np.random.Generator, stats: dict, params: dict) -> dict:
       left, _, right = np.linalg.svd(matrix, full_matrices=False)
       out[name] = (left[:, 0] if name == "u" else right[0]).astype(np.float32)
   return out
+
+
+def random_vae(config: Any, seed: int = 1) -> tuple[Any, dict[str, Any]]:
+  """An ``ExpressionVAE`` of ``config.model.expression_vae`` with random parameters and feature
+  statistics of 16 random feature vectors."""
+  from mmfa_jax.models.expression_vae import ExpressionVAE
+
+  vae = ExpressionVAE(**dict(config.model.expression_vae))
+  features = np.random.default_rng(seed).normal(size=(16, vae.feature_dim)).astype(np.float32)
+  variables = vae.init(jax.random.key(seed), features, jax.random.key(0))
+  _, updated = vae.apply(
+    variables, features, method=ExpressionVAE.update_feature_stats, mutable=["batch_stats"]
+  )
+  return vae, {"params": variables["params"], "batch_stats": updated["batch_stats"]}
+
+
+def save_training_run(workdir: Any, config: Any, variables: Any, step: int = 3) -> None:
+  """A training workdir (config.json + one checkpoint of ``variables``) as training writes it."""
+  from mmfa_jax.checkpoints import TrainingCheckpoints
+  from mmfa_jax.train import save_config
+
+  workdir.mkdir(parents=True)
+  save_config(config, str(workdir))
+  checkpoints = TrainingCheckpoints(workdir / "checkpoints", 2, async_save=False)
+  try:
+    state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    checkpoints.save(step, state, {"params": {"w": np.zeros(2, np.float32)}})
+  finally:
+    checkpoints.close()

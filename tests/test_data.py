@@ -313,7 +313,7 @@ def test_make_source_from_config(tmp_path):
 def test_prepare_videos_crops_faces(tmp_path):
   from skimage import data as skdata
 
-  from mmfa_jax.data.prepare import square_crop
+  from mmfa_jax.data.faces import square_crop
 
   # union (10, 20)-(50, 60): side 40 * 1.5 = 60 about the centre (30, 40)
   assert square_crop([(10, 20, 30, 40), (20, 30, 30, 30)], 100, 120, 0.25) == (0, 10, 60)

@@ -8,14 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from model_helpers import random_vae, save_training_run
 from scipy.spatial import ConvexHull
 
 from configs import test_tiny
-from mmfa_jax.checkpoints import ConvertedWeightsError, TrainingCheckpoints, save_converted
+from mmfa_jax.checkpoints import ConvertedWeightsError, save_converted
 from mmfa_jax.inference import Animator, CheckpointKindError
 from mmfa_jax.models import Hopenet, animation_model_from_config
 from mmfa_jax.models.expression_vae import ExpressionVAE
-from mmfa_jax.train import save_config
 from pretrained_converters import torch_reference as ref
 from pretrained_converters.convert import convert_face_vid2vid
 
@@ -168,21 +168,11 @@ def _mmfa_variables(config, seed=0):
   return {"params": params, "batch_stats": stats}
 
 
-def _vae(config, seed=1):
-  vae = ExpressionVAE(**dict(config.model.expression_vae))
-  features = np.random.default_rng(seed).normal(size=(16, vae.feature_dim)).astype(np.float32)
-  variables = vae.init(jax.random.key(seed), features, jax.random.key(0))
-  _, updated = vae.apply(
-    variables, features, method=ExpressionVAE.update_feature_stats, mutable=["batch_stats"]
-  )
-  return vae, {"params": variables["params"], "batch_stats": updated["batch_stats"]}
-
-
 @pytest.fixture(scope="module")
 def mmfa():
   config = _mmfa_config()
   return Animator(
-    config.model, _mmfa_variables(config), image_size=SIZE, batch_size=4, vae=_vae(config)
+    config.model, _mmfa_variables(config), image_size=SIZE, batch_size=4, vae=random_vae(config)
   )
 
 
@@ -324,17 +314,6 @@ def test_expression_interpolation_and_sampling_through_the_vae(mmfa):
 # Loading training runs, and what is refused
 
 
-def _save_run(workdir, config, variables, step=3):
-  workdir.mkdir(parents=True)
-  save_config(config, str(workdir))
-  checkpoints = TrainingCheckpoints(workdir / "checkpoints", 2, async_save=False)
-  try:
-    state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-    checkpoints.save(step, state, {"params": {"w": np.zeros(2, np.float32)}})
-  finally:
-    checkpoints.close()
-
-
 def test_training_runs_load_with_their_hopenet_and_vae(tmp_path, mmfa):
   config = _mmfa_config()
   full = _mmfa_variables(config)
@@ -346,7 +325,7 @@ def test_training_runs_load_with_their_hopenet_and_vae(tmp_path, mmfa):
     for k in ("params", "batch_stats")
   }  # fmt: skip
   run = tmp_path / "mmfa_run"
-  _save_run(run, config, trained)
+  save_training_run(run, config, trained)
   with pytest.raises(CheckpointKindError, match="frozen Hopenet"):
     Animator.from_checkpoint(run)
   hopenet_dir = tmp_path / "hopenet"
@@ -368,9 +347,9 @@ def test_training_runs_load_with_their_hopenet_and_vae(tmp_path, mmfa):
   vae_config.mmfa.workdir = str(run)
   vae_config.expression_vae.update(latent_dim=4, hidden=(16, 16))
   vae_config.image_size = SIZE
-  _, vae_variables = _vae(config)
+  _, vae_variables = random_vae(config)
   vae_run = tmp_path / "vae_run"
-  _save_run(vae_run, vae_config, vae_variables)
+  save_training_run(vae_run, vae_config, vae_variables)
   with_vae = Animator.from_checkpoint(vae_run, hopenet=hopenet_dir, batch_size=4)
   assert with_vae.vae[0].latent_dim == 4
   samples = with_vae.sample_expressions(source, 2, seed=0)

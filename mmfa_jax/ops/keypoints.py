@@ -96,6 +96,10 @@ def adapt_movement_scale(
   initial = np.asarray(kp_driving_initial, np.float64)
   if source.shape != initial.shape or source.ndim != 3 or source.shape[-1] != 3:
     raise ValueError(f"want two (B, K, 3) keypoint arrays, got {source.shape} and {initial.shape}")
+  if source.shape[1] < 4:
+    raise ValueError(
+      f"adapt-scale needs at least 4 keypoints (a 3D convex hull); this model has {source.shape[1]}"
+    )
   scales = [
     ConvexHull(src).volume ** exponent / ConvexHull(ini).volume ** exponent
     for src, ini in zip(source, initial)

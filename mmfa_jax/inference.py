@@ -176,6 +176,22 @@ def _expression_deformation(
   return model.expression_deformation(latent, canonical_kp)
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_functions(model_config_json: str) -> tuple[AnimationModel, Any, Any, Any, Any]:
+  """The model and its jitted functions, one set per model config: Animators of the same model
+  (a notebook loading a checkpoint twice, a command run twice in one process) share compilations.
+  The functions take the variables as an argument, so sharing them is safe."""
+  model = animation_model_from_config(ml_collections.ConfigDict(json.loads(model_config_json)))
+  apply = model.apply
+  return (
+    model,
+    jax.jit(functools.partial(apply, method=_encode)),
+    jax.jit(functools.partial(apply, method=_frame_motion)),
+    jax.jit(functools.partial(apply, method=_render)),
+    jax.jit(functools.partial(apply, method=_expression_deformation)),
+  )
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 
@@ -214,7 +230,8 @@ class Animator:
     if batch_size < 1:
       raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     self.model_config = model_config
-    self.model = animation_model_from_config(model_config)
+    compiled = _compiled_functions(model_config.to_json(sort_keys=True))
+    self.model, self._encode, self._motion, self._render, self._deformation = compiled
     self.variant = model_config.get("variant", "mmfa")
     self.deformation_frame = model_config.get("deformation_frame", "canonical")
     self.image_size = int(image_size)
@@ -225,11 +242,6 @@ class Animator:
     }
     self.vae = vae
     self.checkpoint: str | None = None  # the directory, when loaded by ``from_checkpoint``
-    apply = self.model.apply
-    self._encode = jax.jit(functools.partial(apply, method=_encode))
-    self._motion = jax.jit(functools.partial(apply, method=_frame_motion))
-    self._render = jax.jit(functools.partial(apply, method=_render))
-    self._deformation = jax.jit(functools.partial(apply, method=_expression_deformation))
 
   # -- loading
   @classmethod

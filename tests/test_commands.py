@@ -113,6 +113,33 @@ def _audio_seconds(path):
     return float(stream.duration * stream.time_base)
 
 
+def test_video_writer_keeps_rate_and_audio_and_writes_atomically(media, tmp_path):
+  from mmfa_jax.data.video import VideoWriter
+
+  frames = _frames(5, 4, 30, 42) / 255.0  # (4, 30, 42, 3)
+  for suffix, audio_codec in ((".mkv", "aac"), (".webm", "opus")):  # copied; re-encoded for webm
+    out = tmp_path / f"v{suffix}"
+    with VideoWriter(out, NTSC, audio_from=str(media / "talk.mp4")) as writer:
+      for frame in frames:
+        writer.write(frame)
+    info = probe(out)
+    assert (info.frames, info.fps, info.has_audio) == (4, NTSC, True), suffix
+    with av.open(str(out)) as container:
+      assert container.streams.audio[0].codec_context.name == audio_codec
+    decoded = np.stack(list(iter_frames(str(out))))
+    assert np.abs(decoded - frames).mean() < 0.03, suffix
+  odd = tmp_path / "odd.mp4"  # yuv420p needs even sides: padded by repeating the edge
+  with VideoWriter(odd, 25) as writer:
+    writer.write(np.zeros((31, 41, 3), np.float32))
+  assert (probe(odd).width, probe(odd).height) == (42, 32)
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(RuntimeError, match="stopped"), VideoWriter(tmp_path / "v.webm", 25) as writer:
+    writer.write(frames[0])
+    raise RuntimeError("stopped half-way")
+  assert sorted(os.listdir(tmp_path)) == before  # the earlier v.webm is untouched, no staging file
+  assert probe(tmp_path / "v.webm").frames == 4
+
+
 def test_animate_keeps_frames_rate_and_audio_and_matches_the_api(
   fv2v_dir, animator, media, tmp_path
 ):

@@ -1,0 +1,129 @@
+"""Animation throughput: driving frames per second per batch size, the source encoded once.
+
+What a driving frame costs in ``Animator.iter_animate`` after the source is cached: its motion
+(keypoint detector / head pose / expression), the target keypoints, and the render (dense motion,
+warping, generator), as one compiled batch each. Random weights of the config's real widths (the
+values do not change the cost); random frames at the config's size (256 x 256 for vox).
+
+  python benchmarks/animate.py [--config vox_face_vid2vid] [--batch-sizes 1 2 4 8 16 32]
+      [--repeats 3] [--json OUT.jsonl]
+
+Per batch size: compile seconds (first call, motion + render), seconds per batch (median of
+``--repeats``), frames/s; the source encoding once; peak memory (device, or host RSS on CPU,
+cumulative over the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import resource
+import statistics
+import time
+
+
+def random_model_variables(model, size: int, seed: int = 0) -> dict:
+  """Shapes from ``jax.eval_shape`` (no compiled init), small random values."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  image = jnp.zeros((1, size, size, 3))
+  template = jax.eval_shape(model.init, jax.random.key(0), image, image)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = str(path[-1].key)
+    if name in ("var", "scale"):
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    return rng.normal(0, 0.02, leaf.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, template)
+
+
+def _peak_gib() -> tuple[float, str]:
+  import jax
+
+  stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2**30, "device"
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host RSS"
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
+  parser.add_argument("--config", default="vox_face_vid2vid", help="module under configs/")
+  parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--json", help="append one JSON line per batch size to this file")
+  args = parser.parse_args()
+
+  import jax
+  import numpy as np
+
+  from mmfa_jax.inference import Animator
+  from mmfa_jax.models import animation_model_from_config
+
+  config = importlib.import_module(f"configs.{args.config}").get_config()
+  size = config.image_size
+  variables = random_model_variables(animation_model_from_config(config.model), size)
+  device = jax.devices()[0]
+  rng = np.random.default_rng(0)
+  source = rng.uniform(size=(size, size, 3)).astype(np.float32)
+
+  print(f"{args.config}: {size}x{size}, {device.device_kind} ({device.platform})")
+  print(f"{'batch':>5} {'compile s':>10} {'s/batch':>8} {'frames/s':>9} {'peak GiB':>9}")
+  for batch_size in args.batch_sizes:
+    animator = Animator(config.model, variables, image_size=size, batch_size=batch_size)
+    start = time.perf_counter()
+    state = jax.block_until_ready(animator.encode_source(source))
+    encode_seconds = time.perf_counter() - start  # compile + run, the first time
+    source_motion = animator.source_motion(state)
+    canonical_kp = state["motion"]["canonical_kp"]
+    frames = rng.uniform(size=(batch_size, size, size, 3)).astype(np.float32)
+
+    def one_batch(state=state, frames=frames, animator=animator, source_motion=source_motion,
+                  canonical_kp=canonical_kp):  # fmt: skip
+      motion = animator.motion(frames, state)
+      kp = animator.driving_keypoints(source_motion, motion, motion.take(slice(0, 1)),
+                                      canonical_kp=canonical_kp)  # fmt: skip
+      return animator.render(state, kp)  # host arrays: the work is done
+
+    start = time.perf_counter()
+    one_batch()
+    compile_seconds = time.perf_counter() - start
+    times = []
+    for _ in range(args.repeats):
+      start = time.perf_counter()
+      one_batch()
+      times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    peak, peak_kind = _peak_gib()
+    result = dict(
+      config=args.config,
+      platform=device.platform,
+      device=device.device_kind,
+      image_size=size,
+      batch_size=batch_size,
+      source_encode_first_s=round(encode_seconds, 2),
+      compile_s=round(compile_seconds, 2),
+      batch_s=round(seconds, 4),
+      frames_per_s=round(batch_size / seconds, 3),
+      peak_gib=round(peak, 2),
+      peak_kind=peak_kind,
+    )
+    print(
+      f"{batch_size:>5} {compile_seconds:>10.1f} {seconds:>8.3f} {batch_size / seconds:>9.2f} "
+      f"{peak:>9.2f}  ({peak_kind})",
+      flush=True,
+    )
+    if args.json:
+      with open(args.json, "a") as handle:
+        handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+  main()

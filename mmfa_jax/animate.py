@@ -57,6 +57,12 @@ def animate(args: argparse.Namespace) -> None:
   driving = probe(args.driving)
   cli.output_kind(args.output, driving.frames)  # refuse a bad output before any work
   animator = cli.load_animator(args)
+  num_kp = animator.model_config.get("num_kp", 4)
+  if args.adapt_scale and animator.variant == "face_vid2vid" and num_kp < 4:
+    raise cli.CommandError(
+      f"{args.checkpoint}: --adapt-scale needs at least 4 keypoints (a 3D convex hull); this "
+      f"model has {num_kp}"
+    )
   source = cli.load_source(args.source, animator.image_size, args.crop, args.margin)
   window = cli.video_crop(driving, args.crop, args.margin, args.detect_every)
   shown: collections.deque[np.ndarray] = collections.deque()  # driving frames awaiting results

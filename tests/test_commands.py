@@ -367,7 +367,13 @@ def test_bad_animate_input(case, fv2v_dir, media, bad, tmp_path, capsys):
 
 def test_bad_edit_and_interpolate_input(fv2v_dir, mmfa_runs, media, bad, tmp_path, capsys):
   source = str(media / "pose.webp")
+  three = test_tiny.get_config("face_vid2vid")  # 3 keypoints: no 3D hull for --adapt-scale
+  three_dir = str(bad / "three_keypoints")
+  save_converted(three_dir, {"model": _model_variables(three, 0)},
+                 {"kind": "face_vid2vid", "model_config": three.model.to_json(), "image_size": SIZE})  # fmt: skip
   cases = [
+    (animate.main, ["--checkpoint", three_dir, "--driving", str(media / "talk.mp4"),
+                    "--adapt-scale"], "three_keypoints: --adapt-scale needs at least 4 keypoints"),
     (interpolate.main, ["--checkpoint", fv2v_dir, "--sample", "2"],
      "a face_vid2vid checkpoint, but a mmfa one is needed"),
     (interpolate.main, ["--checkpoint", str(mmfa_runs / "mmfa"), "--hopenet",

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import resource
 import statistics
 import time
+
+from _measure import append_json, peak_memory_gib
 
 
 def random_model_variables(model, size: int, seed: int = 0) -> dict:
@@ -40,15 +40,6 @@ def random_model_variables(model, size: int, seed: int = 0) -> dict:
     return rng.normal(0, 0.02, leaf.shape).astype(np.float32)
 
   return jax.tree_util.tree_map_with_path(draw, template)
-
-
-def _peak_gib() -> tuple[float, str]:
-  import jax
-
-  stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
-  if stats and "peak_bytes_in_use" in stats:
-    return stats["peak_bytes_in_use"] / 2**30, "device"
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host RSS"
 
 
 def main() -> None:
@@ -101,7 +92,7 @@ def main() -> None:
       one_batch()
       times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    peak, peak_kind = _peak_gib()
+    peak, peak_kind = peak_memory_gib()
     result = dict(
       config=args.config,
       platform=device.platform,
@@ -120,9 +111,7 @@ def main() -> None:
       f"{peak:>9.2f}  ({peak_kind})",
       flush=True,
     )
-    if args.json:
-      with open(args.json, "a") as handle:
-        handle.write(json.dumps(result) + "\n")
+    append_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ import argparse
 import importlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from _measure import append_json, peak_memory_gib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,11 +81,7 @@ def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
     times.append(time.perf_counter() - start)
   step_seconds = statistics.median(times[1:])
   device = jax.devices()[0]
-  stats = device.memory_stats() if device.platform != "cpu" else None
-  if stats and "peak_bytes_in_use" in stats:
-    peak, peak_kind = stats["peak_bytes_in_use"], "device"
-  else:
-    peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host RSS"
+  peak, peak_kind = peak_memory_gib()
   return dict(
     config=config_name,
     platform=device.platform,
@@ -95,7 +92,7 @@ def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
     compile_s=round(compile_seconds, 2),
     step_s=round(step_seconds, 4),
     images_per_s=round(batch_size / step_seconds, 2),
-    peak_gib=round(peak / 2**30, 2),
+    peak_gib=round(peak, 2),
     peak_kind=peak_kind,
     loss=float(metrics["generator_loss"]),
   )
@@ -140,9 +137,7 @@ def main() -> None:
         f"{result['device']} x{result['devices']})",
         flush=True,
       )
-      if args.json:
-        with open(args.json, "a") as handle:
-          handle.write(json.dumps(result) + "\n")
+      append_json(args.json, result)
 
 
 if __name__ == "__main__":

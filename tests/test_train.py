@@ -46,6 +46,22 @@ def _max_difference(a, b):
   return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_persistent_cache_writes():
+  """This module writes nothing to the session's persistent compilation cache.
+
+  Its trainers are shared in memory, and its other runs are subprocesses, so it never reads its own
+  entries back. Writing them also crashed: in two full CI runs (2026-11-23) XLA's CPU
+  ``executable.serialize()`` segfaulted or aborted while caching the 8-device step of
+  ``first_step``. A subset run (test_commands + that test) did not reproduce it. A compile time
+  threshold no compilation reaches turns the writes off; reads stay on.
+  """
+  previous = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+  yield
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", previous)
+
+
 @pytest.fixture(scope="module")
 def one_device_trainer():
   """The 1-device trainer of this module's config, shared so that its step compiles once (a

@@ -153,7 +153,6 @@ def get_config() -> ml_collections.ConfigDict:
       checkpoint_every=2000,
       keep_checkpoints=3,
       async_checkpoints=True,
-      compilation_cache=ml_collections.config_dict.placeholder(str),  # XLA cache directory
       progress_bar=True,
     )
   )

@@ -65,7 +65,6 @@ def get_config(data: str = "vox") -> ml_collections.ConfigDict:
       checkpoint_every=5000,
       keep_checkpoints=3,
       async_checkpoints=True,
-      compilation_cache=ml_collections.config_dict.placeholder(str),
       progress_bar=True,
     )
   )

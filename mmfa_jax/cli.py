@@ -22,6 +22,7 @@ from absl import logging
 from tqdm import tqdm
 
 from mmfa_jax.checkpoints import ConvertedWeightsError
+from mmfa_jax.compilation_cache import enable_compilation_cache
 from mmfa_jax.data.faces import FaceCrop, find_face_crop
 from mmfa_jax.data.video import (
   IMAGE_SUFFIXES,
@@ -51,6 +52,7 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
   args = parser.parse_args(argv)
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
+  enable_compilation_cache()
   try:
     main(args)
   except USER_ERRORS as error:

@@ -15,6 +15,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mmfa_jax.compilation_cache import enable_compilation_cache
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _COORDINATOR = flags.DEFINE_string(
@@ -50,9 +52,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed()
+  enable_compilation_cache()  # MMFA_JAX_CACHE_DIR, default ~/.cache/mmfa_jax/jax
   config = _CONFIG.value
-  if config.train.get("compilation_cache"):
-    jax.config.update("jax_compilation_cache_dir", config.train.compilation_cache)
   logging.info(
     "process %d of %d, %d local / %d global devices (%s)",
     jax.process_index(),

@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from mmfa_jax import losses
 from mmfa_jax.checkpoints import load_pretrained
+from mmfa_jax.initialization import evaluate_on_host
 from mmfa_jax.models.animation import (
   AnimationModel,
   animation_model_from_config,
@@ -85,6 +86,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def local_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of an array sharded on the data axis (in batch order), on the host."""
+  shards = {}
+  for shard in array.addressable_shards:
+    start = (shard.index[0].start or 0) if shard.index else 0
+    shards.setdefault(start, shard)  # replicas of one row block: keep the first
+  return np.concatenate([np.asarray(shards[start].data) for start in sorted(shards)], axis=0)
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
@@ -397,11 +407,13 @@ def train_step(
   frozen: Mapping[str, Any],
   batch: Mapping[str, jax.Array],
   key: jax.Array,
-) -> tuple[TrainState, TrainState, dict[str, jax.Array]]:
+) -> tuple[TrainState, TrainState, dict[str, jax.Array], dict[str, Any]]:
   """Generator update, then discriminator update on the (detached) new prediction.
 
   A side whose loss or gradients are not finite keeps its parameters (``apply_gradients``); the
-  metrics say so (``generator_skipped``, ``discriminator_skipped``).
+  metrics say so (``generator_skipped``, ``discriminator_skipped``). The fourth output holds what
+  the sample grid shows (``sample_outputs``), from this step's forward pass: the grid costs no
+  second forward pass and no compilation of its own.
   """
   rng = jax.random.fold_in(key, generator.step)
   grad_fn = jax.value_and_grad(objective.generator_loss, has_aux=True)
@@ -430,30 +442,22 @@ def train_step(
     discriminator_skipped=d_skipped,
     skipped_samples=jnp.sum(batch["skipped"]) if "skipped" in batch else jnp.zeros((), jnp.int32),
   )
-  return new_generator, new_discriminator, metrics
+  return new_generator, new_discriminator, metrics, sample_outputs(aux["out"])
 
 
-def sample_step(
-  objective: Objective,
-  generator: TrainState,
-  frozen: Mapping[str, Any],
-  batch: Mapping[str, jax.Array],
-) -> dict[str, jax.Array]:
-  """Generated frames (train-mode statistics, nothing updated) for the sample grid."""
-  variables = objective.model_variables(generator.params, generator.batch_stats, frozen)
-  out, _ = objective.nets.model.apply(
-    variables, batch["source"], batch["driving"], True, mutable=["batch_stats"]
-  )
-  out = _float32(out)
+def sample_outputs(out: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """What the sample grid shows, from a training forward pass (``_training_forward``): generated
+  frames (every output size), source and driving keypoints, the occlusion map."""
+  generated = out["generated"]
   result = {
-    "prediction": out["prediction"],
-    "kp_source": out["kp_source"],
-    "kp_driving": out["kp_driving"],
+    "prediction": generated["prediction"],
+    "kp_source": out["source_motion"]["kp"],
+    "kp_driving": out["driving_motion"]["kp"],
   }
-  if "predictions" in out:
-    result["predictions"] = out["predictions"]
-  if out.get("occlusion_map") is not None:
-    result["occlusion_map"] = out["occlusion_map"]
+  if "predictions" in generated:
+    result["predictions"] = generated["predictions"]
+  if generated.get("occlusion_map") is not None:
+    result["occlusion_map"] = generated["occlusion_map"]
   return result
 
 
@@ -465,7 +469,8 @@ class StepRunner:
   """What ``train_and_evaluate`` drives: a mesh, two train states and a compiled step.
 
   Subclasses call ``_set_up`` (config, mesh, schedules) and ``_compile_step`` (their step function
-  ``(generator, discriminator, step_inputs, batch, key) -> (generator, discriminator, metrics)``),
+  ``(generator, discriminator, step_inputs, batch, key) -> (generator, discriminator, metrics,
+  outputs)``, ``outputs`` a pytree of per-sample arrays for the sample grid, possibly empty),
   provide ``step_inputs`` (the constant arrays the step reads: frozen networks) and implement
   ``init_states``, ``abstract_states`` and ``sample_grid``.
   """
@@ -499,20 +504,20 @@ class StepRunner:
       frozen_prefixes=(),
     )
 
-  def _abstract(self, make_states: Callable[[jax.Array], Any], key: jax.Array) -> Any:
-    """Shapes, dtypes and (replicated) shardings of ``make_states(key)``, computing nothing."""
-    shapes = jax.eval_shape(make_states, key)
+  def _abstract(self, make_states: Callable[[Any], Any], seed: Any) -> Any:
+    """Shapes, dtypes and (replicated) shardings of ``make_states(seed)``, computing nothing."""
+    shapes = jax.eval_shape(make_states, seed)
     sharding = replicated(self.mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
   def _compile_step(self, step_fn: Callable[..., Any]) -> None:
-    """``jax.jit`` of ``step_fn``: states and step inputs replicated, the batch sharded on the data
-    axis; the input states are donated."""
+    """``jax.jit`` of ``step_fn``: states and step inputs replicated, the batch and the per-sample
+    outputs sharded on the data axis; the input states are donated."""
     rep, data = replicated(self.mesh), batch_sharding(self.mesh)
     self._step = jax.jit(
       step_fn,
       in_shardings=(rep, rep, rep, data, rep),
-      out_shardings=(rep, rep, rep),
+      out_shardings=(rep, rep, rep, data),
       donate_argnums=(0, 1),
     )
 
@@ -526,8 +531,9 @@ class StepRunner:
     discriminator: TrainState,
     batch: Mapping[str, jax.Array],
     key: jax.Array,
-  ) -> tuple[TrainState, TrainState, dict[str, jax.Array]]:
-    """One compiled training step (the input states are donated)."""
+  ) -> tuple[TrainState, TrainState, dict[str, jax.Array], Any]:
+    """One compiled training step (the input states are donated); returns the new states, the
+    metrics and the sample-grid outputs."""
     return self._step(generator, discriminator, self.step_inputs, batch, key)
 
   def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -575,11 +581,6 @@ class Trainer(StepRunner):
       raise ValueError(f"frozen variables missing for {missing}")
     self.frozen = put_replicated(dict(frozen), self.mesh)
     self._compile_step(functools.partial(train_step, self.objective))
-    self._sample = jax.jit(
-      functools.partial(sample_step, self.objective),
-      in_shardings=(replicated(self.mesh), replicated(self.mesh), batch_sharding(self.mesh)),
-      out_shardings=replicated(self.mesh),
-    )
 
   # -- states
   def _states(
@@ -600,30 +601,24 @@ class Trainer(StepRunner):
     """Fresh train states (step 0, new optimizer state) from full variable trees."""
     return put_replicated(self._states(model_variables, disc_variables), self.mesh)
 
-  def _init_variables(self, seed: int) -> tuple[Any, Any]:
+  def _initial_states(self, seed: jax.Array) -> tuple[TrainState, TrainState]:
+    """Fresh train states of a seed (traceable: evaluated on the host by ``init_states``)."""
     size = self.config.image_size
     image = jnp.zeros((1, size, size, self.config.image_channels), jnp.float32)
+    model_key, disc_key = jax.random.split(jax.random.key(seed))
+    model_variables = self.networks.model.init(model_key, image, image)
     pyramid = image_pyramid(image, self.objective.disc_scales)
-    nets = self.networks
-
-    def init(key: jax.Array) -> tuple[Any, Any]:
-      model_key, disc_key = jax.random.split(key)
-      return nets.model.init(model_key, image, image), nets.discriminator.init(disc_key, pyramid)
-
-    # RBG keys make the init far cheaper to compile than threefry (15 s instead of 45 s for the tiny
-    # model on a 2-core CPU); initial values then depend on the platform, which is harmless.
-    return init, jax.random.key(seed, impl="unsafe_rbg")
+    return self._states(model_variables, self.networks.discriminator.init(disc_key, pyramid))
 
   def init_states(self, seed: int | None = None) -> tuple[TrainState, TrainState]:
-    """Random initial states (one compiled init, outputs replicated on the mesh)."""
-    init, key = self._init_variables(self.config.train.seed if seed is None else seed)
-    model_variables, disc_variables = jax.jit(init, out_shardings=replicated(self.mesh))(key)
-    return self.states_from_variables(model_variables, disc_variables)
+    """Random initial states, replicated on the mesh; nothing is compiled
+    (``initialization.evaluate_on_host``: the initialisers alone, evaluated with NumPy)."""
+    seed = self.config.train.seed if seed is None else seed
+    return put_replicated(evaluate_on_host(self._initial_states, np.int32(seed)), self.mesh)
 
   def abstract_states(self) -> tuple[TrainState, TrainState]:
     """Shapes, dtypes and shardings of the states (restore targets), without computing them."""
-    init, key = self._init_variables(0)
-    return self._abstract(lambda key: self._states(*init(key)), key)
+    return self._abstract(self._initial_states, np.int32(0))
 
   def model_variables(self, generator: TrainState) -> dict[str, Any]:
     """The full model variable tree (frozen Hopenet included) of a generator state."""
@@ -635,24 +630,15 @@ class Trainer(StepRunner):
     """The frozen networks' variables (replicated)."""
     return self.frozen
 
-  def sample(self, generator: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    return self._sample(generator, self.frozen, batch)
-
   def sample_grid(
-    self,
-    generator: TrainState,
-    local_batch: Mapping[str, np.ndarray],
-    batch: Mapping[str, jax.Array],
+    self, outputs: Mapping[str, jax.Array], local_batch: Mapping[str, np.ndarray]
   ) -> np.ndarray:
-    """The sample grid of a batch (uint8 ``(H, W, 3)``): source and driving with keypoints drawn,
-    the generated frame at each scale, the occlusion map; rows from this process's part."""
+    """The sample grid of a step (uint8 ``(H, W, 3)``): source and driving with keypoints drawn,
+    the generated frame at each size, the occlusion map; this process's rows of the batch."""
     from mmfa_jax.visualize import sample_grid, training_columns
 
-    outputs = jax.device_get(self.sample(generator, batch))
     shown = {k: np.asarray(v) for k, v in local_batch.items()}
-    rows = next(iter(shown.values())).shape[0]
-    outputs = jax.tree.map(lambda x: np.asarray(x)[:rows], outputs)
-    return sample_grid(training_columns(shown, outputs))
+    return sample_grid(training_columns(shown, jax.tree.map(local_rows, outputs)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -789,7 +775,9 @@ def train_and_evaluate(
     while step < end:
       local = next(iterator)
       batch = trainer.global_batch(local)
-      generator, discriminator, metrics = trainer.step(generator, discriminator, batch, key)
+      generator, discriminator, metrics, outputs = trainer.step(
+        generator, discriminator, batch, key
+      )
       # Accumulated on the device, fetched only when logging (no per-step host sync).
       window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
       window_steps += 1
@@ -813,7 +801,7 @@ def train_and_evaluate(
           progress.set_postfix(loss=f"{scalars[trainer.progress_metric]:.3f}")
         window, window_steps, window_start = None, 0, time.perf_counter()
       if train.sample_every and (step % train.sample_every == 0 or step == end):
-        grid = trainer.sample_grid(generator, local, batch)  # every process joins the computation
+        grid = trainer.sample_grid(outputs, local)
         if is_main and grid is not None:
           save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
       if step % train.checkpoint_every == 0 or step == end:

@@ -16,6 +16,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 FROZEN_PREFIXES = (("motion_estimator", "pose"),)  # Hopenet: rotation comes from it, frozen
@@ -38,8 +39,20 @@ class TrainState(flax.struct.PyTreeNode):
 def step_schedule(
   learning_rate: float, milestones: Sequence[int] = (), decay: float = 0.1
 ) -> optax.Schedule:
-  """The reference's MultiStepLR: ``learning_rate`` times ``decay`` after each milestone (steps)."""
-  return optax.piecewise_constant_schedule(learning_rate, {int(m): decay for m in milestones})
+  """The reference's MultiStepLR: ``learning_rate`` times ``decay`` from each milestone on (steps).
+
+  Traced counts use optax's piecewise-constant schedule; a plain int (the loop logging the rate)
+  is answered in Python, so logging compiles nothing.
+  """
+  boundaries = {int(m): decay for m in milestones}
+  traced = optax.piecewise_constant_schedule(learning_rate, boundaries)
+
+  def schedule(count: Any) -> Any:
+    if isinstance(count, int | np.integer):
+      return learning_rate * decay ** sum(count >= boundary for boundary in boundaries)
+    return traced(count)
+
+  return schedule
 
 
 def frozen_labels(params: Any, frozen_prefixes: Sequence[tuple[str, ...]] = FROZEN_PREFIXES) -> Any:

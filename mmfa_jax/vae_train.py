@@ -28,13 +28,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
 from mmfa_jax import losses
 from mmfa_jax.checkpoints import load_training_run
+from mmfa_jax.initialization import evaluate_on_host
 from mmfa_jax.models.animation import animation_model_from_config
 from mmfa_jax.models.expression_vae import ExpressionVAE, LatentDiscriminator
-from mmfa_jax.train import StepRunner, put_replicated, replicated
+from mmfa_jax.train import StepRunner, put_replicated
 from mmfa_jax.train_state import TrainState, apply_gradients
 
 
@@ -102,8 +104,9 @@ class VAETrainer(StepRunner):
     self._compile_step(self._train_step)
 
   # -- states
-  def _states(self, key: jax.Array) -> tuple[TrainState, TrainState]:
-    vae_key, sample_key, disc_key = jax.random.split(key, 3)
+  def _states(self, seed: jax.Array) -> tuple[TrainState, TrainState]:
+    """Fresh train states of a seed (traceable: evaluated on the host by ``init_states``)."""
+    vae_key, sample_key, disc_key = jax.random.split(jax.random.key(seed), 3)
     features = jnp.zeros((1, self.vae.feature_dim), jnp.float32)
     vae_variables = self.vae.init(vae_key, features, sample_key)
     disc_variables = self.discriminator.init(disc_key, features)
@@ -118,11 +121,12 @@ class VAETrainer(StepRunner):
     )
 
   def init_states(self, seed: int | None = None) -> tuple[TrainState, TrainState]:
-    key = jax.random.key(self.config.train.seed if seed is None else seed)
-    return jax.jit(self._states, out_shardings=replicated(self.mesh))(key)
+    """Random initial states, replicated on the mesh, compiling nothing (``evaluate_on_host``)."""
+    seed = self.config.train.seed if seed is None else seed
+    return put_replicated(evaluate_on_host(self._states, np.int32(seed)), self.mesh)
 
   def abstract_states(self) -> tuple[TrainState, TrainState]:
-    return self._abstract(self._states, jax.random.key(0))
+    return self._abstract(self._states, np.int32(0))
 
   # -- the step
   def kl_weight(self, step: jax.Array) -> jax.Array:
@@ -195,7 +199,7 @@ class VAETrainer(StepRunner):
     encoder_variables: Any,
     batch: Mapping[str, jax.Array],
     key: jax.Array,
-  ) -> tuple[TrainState, TrainState, dict[str, jax.Array]]:
+  ) -> tuple[TrainState, TrainState, dict[str, jax.Array], dict]:
     frames = jnp.concatenate([batch["source"], batch["driving"]], axis=0)  # (2B, H, W, 3)
     features = self.model.apply(encoder_variables, frames, method=_expression_features)
     features = jax.lax.stop_gradient(features.astype(jnp.float32))  # (2B, feature_dim)
@@ -228,7 +232,7 @@ class VAETrainer(StepRunner):
       discriminator_skipped=d_skipped,
       skipped_samples=jnp.sum(batch["skipped"]) if "skipped" in batch else jnp.zeros((), jnp.int32),
     )
-    return new_vae, new_discriminator, metrics
+    return new_vae, new_discriminator, metrics, {}  # no sample-grid outputs
 
   # -- what train_and_evaluate calls
   @property
@@ -236,6 +240,6 @@ class VAETrainer(StepRunner):
     """The frozen MMFA model's variables (replicated)."""
     return self.encoder_variables
 
-  def sample_grid(self, vae: TrainState, local_batch: Any, batch: Any) -> None:
+  def sample_grid(self, outputs: Any, local_batch: Any) -> None:
     """No image grid for the VAE (its samples are rendered by the animate/edit tools)."""
     return None

@@ -1,5 +1,5 @@
-"""Test set-up: 8 fake CPU devices (for mesh/sharding tests), absl flags marked as parsed, and a
-persistent compilation cache for this session (tests that build a second trainer for the same
+"""Test set-up: 8 fake CPU devices (for mesh/sharding tests), absl flags marked as parsed, the
+user's mmfa_jax compilation cache out of reach, and a persistent compilation cache for this session (tests that build a second trainer for the same
 config, e.g. to resume, load its compiled step instead of compiling it again).
 
 Both must happen before JAX initialises its backends or grain starts worker processes, so they
@@ -10,6 +10,9 @@ import os
 import tempfile
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Commands run by tests (in this process or as subprocesses) never touch the user's compilation
+# cache: "none" leaves JAX's cache settings alone. Tests of the cache set their own directory.
+os.environ["MMFA_JAX_CACHE_DIR"] = "none"
 
 import jax
 from absl import flags

@@ -135,7 +135,7 @@ def first_step(one_device_trainer):
       trainer = Trainer(config, mesh=make_mesh(devices), frozen={})
     generator, discriminator = trainer.init_states()
     key = jax.device_put(jax.random.key(config.train.seed + 1), replicated(trainer.mesh))
-    generator, discriminator, metrics = trainer.step(
+    generator, discriminator, metrics, _ = trainer.step(
       generator, discriminator, trainer.global_batch(local), key
     )
     leaf = jax.tree.leaves(generator.params)[0]

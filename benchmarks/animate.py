@@ -23,25 +23,6 @@ import time
 from _measure import append_json, peak_memory_gib
 
 
-def random_model_variables(model, size: int, seed: int = 0) -> dict:
-  """Shapes from ``jax.eval_shape`` (no compiled init), small random values."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  image = jnp.zeros((1, size, size, 3))
-  template = jax.eval_shape(model.init, jax.random.key(0), image, image)
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name = str(path[-1].key)
-    if name in ("var", "scale"):
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    return rng.normal(0, 0.02, leaf.shape).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, template)
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -55,12 +36,17 @@ def main() -> None:
   import jax
   import numpy as np
 
+  from mmfa_jax.compilation_cache import enable_compilation_cache
   from mmfa_jax.inference import Animator
+  from mmfa_jax.initialization import init_variables
   from mmfa_jax.models import animation_model_from_config
+
+  enable_compilation_cache()  # MMFA_JAX_CACHE_DIR=none measures cold first calls
 
   config = importlib.import_module(f"configs.{args.config}").get_config()
   size = config.image_size
-  variables = random_model_variables(animation_model_from_config(config.model), size)
+  image = np.zeros((1, size, size, 3), np.float32)
+  variables = init_variables(animation_model_from_config(config.model), 0, image, image)
   device = jax.devices()[0]
   rng = np.random.default_rng(0)
   source = rng.uniform(size=(size, size, 3)).astype(np.float32)

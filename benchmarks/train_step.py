@@ -27,19 +27,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _frozen_variables(nets, config) -> dict:
-  """Random variables for every frozen network the config needs (``nets``: ``train.Networks``)."""
-  import jax
-  import jax.numpy as jnp
+  """Random variables for every frozen network the config needs (``nets``: ``train.Networks``),
+  made without compiling (``initialization.init_variables``)."""
+  import numpy as np
+
+  from mmfa_jax.initialization import init_variables
 
   frozen = {}
-  key = jax.random.key(0)
   size = config.image_size
   if nets.hopenet is not None:
-    frozen["hopenet"] = jax.jit(nets.hopenet.init)(key, jnp.zeros((1, 224, 224, 3)))
-  if nets.vgg19 is not None:
-    frozen["vgg19"] = jax.jit(nets.vgg19.init)(key, jnp.zeros((1, size, size, 3)))
-  if nets.vggface is not None:
-    frozen["vggface"] = jax.jit(nets.vggface.init)(key, jnp.zeros((1, size, size, 3)))
+    frozen["hopenet"] = init_variables(nets.hopenet, 0, np.zeros((1, 224, 224, 3), np.float32))
+  for kind in ("vgg19", "vggface"):
+    if getattr(nets, kind) is not None:
+      frozen[kind] = init_variables(
+        getattr(nets, kind), 0, np.zeros((1, size, size, 3), np.float32)
+      )
   return frozen
 
 
@@ -48,8 +50,10 @@ def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
   import jax
   import numpy as np
 
+  from mmfa_jax.compilation_cache import CompileCounter, enable_compilation_cache
   from mmfa_jax.train import Networks, Trainer, make_mesh, replicated
 
+  enable_compilation_cache()  # MMFA_JAX_CACHE_DIR=none measures cold compilations
   config = importlib.import_module(f"configs.{config_name}").get_config()
   config.data.batch_size = batch_size
   config.train.dtype = dtype
@@ -68,13 +72,14 @@ def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
   key = jax.device_put(jax.random.key(1), replicated(mesh))
 
   start = time.perf_counter()
-  compiled = trainer._step.lower(generator, discriminator, trainer.frozen, batch, key).compile()
+  with CompileCounter() as compiles:
+    compiled = trainer._step.lower(generator, discriminator, trainer.frozen, batch, key).compile()
   compile_seconds = time.perf_counter() - start
 
   times = []
   for _ in range(steps + 1):  # the first call is a warm-up
     start = time.perf_counter()
-    generator, discriminator, metrics = compiled(
+    generator, discriminator, metrics, _ = compiled(
       generator, discriminator, trainer.frozen, batch, key
     )
     jax.block_until_ready((generator, discriminator, metrics))
@@ -90,9 +95,11 @@ def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
     dtype=dtype,
     batch_size=batch_size,
     compile_s=round(compile_seconds, 2),
+    step_from_cache=compiles.loaded > 0,
     step_s=round(step_seconds, 4),
     images_per_s=round(batch_size / step_seconds, 2),
     peak_gib=round(peak, 2),
+    peak_gib_per_sample=round(peak / batch_size, 3),
     peak_kind=peak_kind,
     loss=float(metrics["generator_loss"]),
   )
@@ -117,6 +124,7 @@ def main() -> None:
 
   header = (
     f"{'dtype':<9} {'batch':>5} {'compile s':>10} {'step s':>8} {'images/s':>9} {'peak GiB':>9}"
+    f" {'GiB/sample':>10}"
   )
   print(header)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
@@ -133,7 +141,9 @@ def main() -> None:
       result = json.loads(lines[-1][len("RESULT ") :])
       print(
         f"{dtype:<9} {batch_size:>5} {result['compile_s']:>10.1f} {result['step_s']:>8.3f} "
-        f"{result['images_per_s']:>9.2f} {result['peak_gib']:>9.2f}  ({result['peak_kind']}, "
+        f"{result['images_per_s']:>9.2f} {result['peak_gib']:>9.2f} "
+        f"{result['peak_gib_per_sample']:>10.3f}  ({result['peak_kind']}, "
+        f"{'step loaded from the compilation cache, ' if result['step_from_cache'] else ''}"
         f"{result['device']} x{result['devices']})",
         flush=True,
       )

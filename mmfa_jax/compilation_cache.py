@@ -16,6 +16,7 @@ multi-process run only process 0 writes the autotune results.
 from __future__ import annotations
 
 import os
+import threading
 
 import jax
 from absl import logging
@@ -62,3 +63,74 @@ def enable_compilation_cache() -> str | None:
   )
   logging.info("compilation cache: %s", directory)
   return directory
+
+
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+class CompileCounter:
+  """Counts, while active, the programs XLA compiled (``compiled``, ``compile_seconds``) and those
+  loaded from the persistent cache instead (``loaded``, ``load_seconds``); a context manager or
+  ``start``/``stop``.
+
+  Built on JAX's monitoring events, so it sees every compilation in the process: jitted steps,
+  eager operations, initialisers. JAX times a cache load as a compilation too; the cache-hit event
+  that comes first in the same thread tells the two apart.
+  """
+
+  def __init__(self) -> None:
+    self.compiled = 0
+    self.compile_seconds = 0.0
+    self.loaded = 0
+    self.load_seconds = 0.0
+    self._hit = threading.local()
+
+  def _on_duration(self, event: str, duration: float, **_: object) -> None:
+    if event != BACKEND_COMPILE_EVENT:
+      return
+    if getattr(self._hit, "pending", False):
+      self._hit.pending = False
+      self.loaded += 1
+      self.load_seconds += duration
+    else:
+      self.compiled += 1
+      self.compile_seconds += duration
+
+  def _on_event(self, event: str, **_: object) -> None:
+    if event == CACHE_HIT_EVENT:
+      self._hit.pending = True
+
+  def start(self) -> CompileCounter:
+    jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+    jax.monitoring.register_event_listener(self._on_event)
+    return self
+
+  def stop(self) -> None:
+    jax.monitoring.unregister_event_duration_listener(self._on_duration)
+    jax.monitoring.unregister_event_listener(self._on_event)
+
+  def __enter__(self) -> CompileCounter:
+    return self.start()
+
+  def __exit__(self, *exc: object) -> None:
+    self.stop()
+
+  def summary(self) -> str:
+    return (
+      f"{self.compiled} program{'s' if self.compiled != 1 else ''} compiled "
+      f"({self.compile_seconds:.1f} s), {self.loaded} loaded from the compilation cache "
+      f"({self.load_seconds:.1f} s)"
+    )
+
+
+def seconds_since_process_start() -> float | None:
+  """Wall-clock seconds since this process started (Linux ``/proc``), or ``None`` elsewhere."""
+  try:
+    with open("/proc/self/stat") as handle:
+      fields = handle.read().rsplit(")", 1)[1].split()
+    with open("/proc/uptime") as handle:
+      uptime = float(handle.read().split()[0])
+    return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in ticks
+  except (OSError, ValueError, IndexError):
+    return None

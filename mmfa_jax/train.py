@@ -733,11 +733,16 @@ def train_and_evaluate(
   """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the states.
 
   Writes ``checkpoints/``, ``metrics.jsonl`` (every ``train.log_every`` steps), ``samples/*.png``
-  (every ``train.sample_every`` steps) and ``config.json``.
+  (every ``train.sample_every`` steps) and ``config.json``. The first record of each run (or
+  resumption) also holds its start-up: ``startup_seconds`` (process start to the first finished
+  step), ``compiled_programs`` and ``compile_seconds`` (what XLA compiled until then),
+  ``cached_programs`` and ``cache_load_seconds`` (what the compilation cache provided instead).
   """
   from mmfa_jax.checkpoints import TrainingCheckpoints
+  from mmfa_jax.compilation_cache import CompileCounter, seconds_since_process_start
   from mmfa_jax.visualize import save_png
 
+  compiles = CompileCounter().start()
   train = config.train
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
@@ -770,6 +775,7 @@ def train_and_evaluate(
 
   window, window_steps, window_start = None, 0, time.perf_counter()
   totals = {name: 0 for name in COUNTED_METRICS}
+  startup = None  # start-up facts, logged with the first record
   step = start
   try:
     while step < end:
@@ -782,6 +788,21 @@ def train_and_evaluate(
       window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
       window_steps += 1
       step += 1
+      if startup is None:
+        jax.block_until_ready(metrics)
+        compiles.stop()
+        startup = dict(
+          startup_seconds=seconds_since_process_start() or float("nan"),
+          compiled_programs=compiles.compiled,
+          compile_seconds=compiles.compile_seconds,
+          cached_programs=compiles.loaded,
+          cache_load_seconds=compiles.load_seconds,
+        )
+        logging.info(
+          "first step finished %.1f s after the process started; %s",
+          startup["startup_seconds"],
+          compiles.summary(),
+        )
       if progress is not None:
         progress.update(1)
       if step % train.log_every == 0 or step == end:
@@ -796,6 +817,8 @@ def train_and_evaluate(
           scalars[f"total_{name}"] = totals[name]
         scalars.update(trainer.learning_rates(step - 1))
         scalars["images_per_second"] = window_steps * config.data.batch_size / elapsed
+        scalars.update(startup)
+        startup = {}
         writer.write(step, scalars)
         if progress is not None:
           progress.set_postfix(loss=f"{scalars[trainer.progress_metric]:.3f}")
@@ -807,6 +830,8 @@ def train_and_evaluate(
       if step % train.checkpoint_every == 0 or step == end:
         checkpoints.save(step, generator, discriminator, iterator)
   finally:
+    if startup is None:
+      compiles.stop()
     checkpoints.close()
     writer.close()
     if progress is not None:

@@ -1,0 +1,198 @@
+"""Start-up: seconds from process start to the first finished training step and to the first
+animated frame, with an empty compilation cache (cold) and with the cache the cold run filled
+(warm). Every case is its own process running the real command:
+
+- train: ``python -m mmfa_jax.main --config=configs/CONFIG.py --config.train.num_steps=1`` on the
+  built-in synthetic heads at the config's size (frozen networks the config needs are random
+  converted directories made here). ``command s`` is the whole command (import, initialisation,
+  compilation, the step, the final checkpoint); ``first step s`` is process start to the end of
+  step 1, as the run itself measured it (``startup_seconds`` in its metrics); ``compiled`` and
+  ``cached`` count the programs XLA compiled and those the cache provided until then.
+- animate: ``python -m mmfa_jax.animate`` of that training run, one driving image to one output
+  image: the command's time is the time to the first animated frame. Its own cache directory, so
+  its cold case compiles what animation needs.
+
+  python benchmarks/startup.py [--configs synthetic vox vox_face_vid2vid] [--batch-size N]
+      [--workdir DIR] [--json OUT.jsonl]
+
+Cold cases use a fresh cache directory per config (``MMFA_JAX_CACHE_DIR``), warm cases the same
+directory again with a new workdir. ``--batch-size`` defaults to each config's own for synthetic
+and to 16 (accelerator) or 1 (CPU) for the vox configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from _measure import append_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _frozen_directories(config, directory: str) -> dict[str, str]:
+  """Random converted directories for the frozen networks ``config`` needs: ``{kind: dir}``."""
+  import numpy as np
+
+  from mmfa_jax.checkpoints import save_converted
+  from mmfa_jax.initialization import init_variables
+  from mmfa_jax.train import Networks, required_pretrained
+
+  networks = Networks.from_config(config)
+  size = config.image_size
+  made = {}
+  for kind in required_pretrained(config):
+    module = getattr(networks, kind)
+    image = np.zeros((1, 224 if kind == "hopenet" else size, 224 if kind == "hopenet" else size, 3))
+    path = os.path.join(directory, kind)
+    if not os.path.isdir(path):
+      variables = init_variables(module, 0, image.astype(np.float32))
+      save_converted(path, variables, {"kind": kind, "source": "random (benchmarks/startup.py)"})
+    made[kind] = path
+  return made
+
+
+def _images(directory: str, size: int) -> tuple[str, str]:
+  """A source and a driving frame (PNG) from the built-in synthetic heads."""
+  from mmfa_jax.data.synthetic import SyntheticHeads
+  from mmfa_jax.visualize import save_png
+
+  heads = SyntheticHeads(num_videos=2, num_frames=8, seed=0)
+  source = os.path.join(directory, "source.png")
+  driving = os.path.join(directory, "driving.png")
+  save_png(source, heads.frame(0, 0, size))
+  save_png(driving, heads.frame(1, 5, size))
+  return source, driving
+
+
+def _run(
+  command: list[str], cache: str, timeout: float
+) -> tuple[float, subprocess.CompletedProcess]:
+  env = dict(os.environ, PYTHONPATH=ROOT, MMFA_JAX_CACHE_DIR=cache, PYTHONUNBUFFERED="1")
+  start = time.perf_counter()
+  result = subprocess.run(
+    command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout
+  )
+  seconds = time.perf_counter() - start
+  if result.returncode != 0:
+    raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+  return seconds, result
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
+  parser.add_argument("--configs", nargs="+", default=["synthetic", "vox", "vox_face_vid2vid"])
+  parser.add_argument("--batch-size", type=int, help="global batch of every training case")
+  parser.add_argument("--no-animate", action="store_true", help="training cases only")
+  parser.add_argument("--workdir", help="keep runs, caches and inputs here (default: a temp dir)")
+  parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
+  parser.add_argument("--json", help="append one JSON line per case to this file")
+  args = parser.parse_args()
+
+  import jax
+
+  from mmfa_jax.train import read_metrics
+
+  device = jax.devices()[0]
+  accelerator = device.platform != "cpu"
+  base = args.workdir or tempfile.mkdtemp(prefix="mmfa-startup-")
+  os.makedirs(base, exist_ok=True)
+  print(f"start-up on {device.device_kind} ({device.platform}), jax {jax.__version__}; in {base}")
+  header = f"{'case':<34} {'command s':>9} {'first step s':>12} {'compiled':>8} {'cached':>6}"
+  print(header)
+  rows = []
+  for name in args.configs:
+    config = importlib.import_module(f"configs.{name}").get_config()
+    batch = args.batch_size or (config.data.batch_size if name == "synthetic" else None)
+    batch = batch or (16 if accelerator else 1)
+    frozen = _frozen_directories(config, os.path.join(base, "frozen", name))
+    cache = os.path.join(base, "cache", name)
+    shutil.rmtree(cache, ignore_errors=True)
+    overrides = [
+      "--config.train.num_steps=1",
+      f"--config.data.batch_size={batch}",
+      "--config.data.source=synthetic",
+      "--config.data.worker_count=0",
+      "--config.train.progress_bar=False",
+      *[f"--config.pretrained.{kind}={path}" for kind, path in frozen.items()],
+    ]
+    last_workdir = None
+    for temperature in ("cold", "warm"):
+      workdir = os.path.join(base, "runs", f"{name}_{temperature}")
+      shutil.rmtree(workdir, ignore_errors=True)
+      command = [
+        sys.executable,
+        "-m",
+        "mmfa_jax.main",
+        f"--config=configs/{name}.py",
+        f"--workdir={workdir}",
+        *overrides,
+      ]
+      seconds, _ = _run(command, cache, args.timeout)
+      first = read_metrics(workdir)[0]
+      row = dict(
+        case=f"train {name} b{batch} {temperature}",
+        command_s=round(seconds, 1),
+        first_step_s=round(first.get("startup_seconds", float("nan")), 1),
+        compiled=int(first.get("compiled_programs", -1)),
+        compile_s=round(first.get("compile_seconds", float("nan")), 1),
+        cached=int(first.get("cached_programs", -1)),
+      )
+      rows.append(row)
+      last_workdir = workdir
+      print(
+        f"{row['case']:<34} {row['command_s']:>9.1f} {row['first_step_s']:>12.1f} "
+        f"{row['compiled']:>8d} {row['cached']:>6d}",
+        flush=True,
+      )
+      append_json(
+        args.json,
+        dict(row, config=name, platform=device.platform, device=device.device_kind,
+             jax=jax.__version__, batch_size=batch, temperature=temperature),
+      )  # fmt: skip
+    if args.no_animate:
+      continue
+    source, driving = _images(base, config.image_size)
+    animate_cache = os.path.join(base, "cache", f"{name}_animate")
+    shutil.rmtree(animate_cache, ignore_errors=True)
+    for temperature in ("cold", "warm"):
+      output = os.path.join(base, "runs", f"{name}_animated_{temperature}.png")
+      command = [
+        sys.executable,
+        "-m",
+        "mmfa_jax.animate",
+        "--checkpoint",
+        last_workdir,
+        "--source",
+        source,
+        "--driving",
+        driving,
+        "--output",
+        output,
+        "--batch-size",
+        "1",
+      ]
+      seconds, _ = _run(command, animate_cache, args.timeout)
+      row = dict(case=f"animate {name} first frame {temperature}", command_s=round(seconds, 1))
+      rows.append(row)
+      print(f"{row['case']:<34} {row['command_s']:>9.1f}", flush=True)
+      append_json(
+        args.json,
+        dict(row, config=name, platform=device.platform, device=device.device_kind,
+             jax=jax.__version__, temperature=temperature),
+      )  # fmt: skip
+  print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+  main()

@@ -84,7 +84,7 @@ def _run(
   seconds = time.perf_counter() - start
   if result.returncode != 0:
     raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-  return seconds, result
+  return seconds
 
 
 def main() -> None:
@@ -138,7 +138,7 @@ def main() -> None:
         f"--workdir={workdir}",
         *overrides,
       ]
-      seconds, _ = _run(command, cache, args.timeout)
+      seconds = _run(command, cache, args.timeout, f"{workdir}.log")
       first = read_metrics(workdir)[0]
       row = dict(
         case=f"train {name} b{batch} {temperature}",
@@ -182,7 +182,7 @@ def main() -> None:
         "--batch-size",
         "1",
       ]
-      seconds, _ = _run(command, animate_cache, args.timeout)
+      seconds = _run(command, animate_cache, args.timeout, f"{output}.log")
       row = dict(case=f"animate {name} first frame {temperature}", command_s=round(seconds, 1))
       rows.append(row)
       print(f"{row['case']:<34} {row['command_s']:>9.1f}", flush=True)

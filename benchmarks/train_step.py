@@ -96,6 +96,7 @@ def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
     batch_size=batch_size,
     compile_s=round(compile_seconds, 2),
     step_from_cache=compiles.loaded > 0,
+    xla_flags=os.environ.get("XLA_FLAGS", ""),
     step_s=round(step_seconds, 4),
     images_per_s=round(batch_size / step_seconds, 2),
     peak_gib=round(peak, 2),

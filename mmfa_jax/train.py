@@ -43,6 +43,7 @@ from mmfa_jax.models.animation import (
 from mmfa_jax.models.discriminator import MultiScaleDiscriminator
 from mmfa_jax.models.hopenet import Hopenet, prepare_hopenet_input
 from mmfa_jax.models.perceptual import VGG19, VGGFace
+from mmfa_jax.ops.layers import sequential_running_statistics
 from mmfa_jax.ops.pyramid import image_pyramid
 from mmfa_jax.ops.rotation import bins_to_degrees
 from mmfa_jax.ops.tps import sample_similarity_transform, sample_tps_transform, warp_image
@@ -188,38 +189,113 @@ class Networks:
     )
 
 
-def _training_forward(
+def _motion_of_each(
+  model: AnimationModel, variables: Mapping[str, Any], method: Callable[..., Any], *stacked: Any
+) -> tuple[Any, Any]:
+  """``method`` of the motion estimator for each entry of the leading axis of ``stacked``, in
+  train mode, as one batched call (one traced and compiled copy of the networks instead of N, and
+  N times the batch per kernel): each entry gets its own BatchNorm batch statistics, and the
+  running statistics end as N calls one after another would leave them
+  (``ops.layers.sequential_running_statistics``). Returns ``(outputs with the leading axis,
+  new batch_stats)``."""
+
+  def one(*args: Any) -> tuple[Any, Any]:
+    out, updated = model.apply(variables, *args, True, method=method, mutable=["batch_stats"])
+    return out, updated["batch_stats"]["motion_estimator"]
+
+  outputs, per_call = jax.vmap(one)(*stacked)
+  stats = dict(variables["batch_stats"])
+  stats["motion_estimator"] = sequential_running_statistics(stats["motion_estimator"], per_call)
+  return outputs, stats
+
+
+def _canonical_keypoints(model: AnimationModel, image: jax.Array, train: bool) -> jax.Array:
+  return model.motion_estimator.canonical_keypoints(image, train)
+
+
+def _frame_motion(
+  model: AnimationModel, image: jax.Array, canonical_kp: jax.Array, train: bool
+) -> dict[str, jax.Array]:
+  return model.motion_estimator.frame_motion(image, canonical_kp, train)
+
+
+def _generate(
+  model: AnimationModel, source: jax.Array, kp_source: jax.Array, kp_driving: jax.Array
+) -> dict[str, jax.Array]:
+  return model.image_generator(source, kp_source, kp_driving, True)
+
+
+def _expression_latent(model: AnimationModel, image: jax.Array) -> jax.Array:
+  return model.motion_estimator.exp_encoder(image, True)
+
+
+def training_forward(
   model: AnimationModel,
+  variables: Mapping[str, Any],
   source: jax.Array,
   driving: jax.Array,
   transformed: jax.Array,
   augmented: jax.Array | None,
   with_identity: bool,
-) -> dict[str, Any]:
-  """One training forward pass (``model.apply(..., method=_training_forward)``), train mode.
+) -> tuple[dict[str, Any], Any]:
+  """One training forward pass (train mode); returns ``(outputs, new batch_stats)``.
 
-  MMFA (mmfa_delta 13): canonical keypoints of the source (and of the driving frame for the
-  identity loss), motion of source and driving on the source's canonical keypoints, generated
-  frames, the warped frame's motion on its **own** canonical keypoints (equivariance), and the
-  expression latent of the augmented driving frame. face-vid2vid: the warped frame's motion on the
-  source's canonical keypoints, as the reference.
+  MMFA (mmfa_delta 13): canonical keypoints of the source, of the TPS-warped driving frame and
+  (for the identity loss) of the driving frame; motion of source and driving on the source's
+  canonical keypoints and of the warped frame on its **own** (equivariance); generated frames; the
+  expression latent of the augmented driving frame. face-vid2vid (architecture.md 9): canonical
+  keypoints of the source only; every motion on them, as the reference.
+
+  Repeated calls of one network (canonical keypoints of up to three frames, the motion of three)
+  run batched (``_motion_of_each``), in the order listed here: the order in which the reference
+  style sequential calls would update BatchNorm's running statistics.
   """
-  estimator = model.motion_estimator
-  source_motion = estimator.source_motion(source, True)
-  canonical_kp = source_motion["canonical_kp"]
-  driving_motion = estimator.driving_motion(driving, canonical_kp, True)
-  generated = model.image_generator(source, source_motion["kp"], driving_motion["kp"], True)
-  out = dict(generated=generated, source_motion=source_motion, driving_motion=driving_motion)
-  if model.variant == "mmfa":
-    transformed_canonical = estimator.canonical_keypoints(transformed, True)
-    out["transformed_motion"] = estimator.frame_motion(transformed, transformed_canonical, True)
-    if with_identity:
-      out["driving_canonical_kp"] = estimator.canonical_keypoints(driving, True)
-    if augmented is not None:
-      out["augmented_latent"] = estimator.exp_encoder(augmented, True)
-  else:
-    out["transformed_motion"] = estimator.frame_motion(transformed, canonical_kp, True)
-  return out
+  mmfa = model.variant == "mmfa"
+  frames = [source, transformed] + ([driving] if mmfa and with_identity else [])
+  if mmfa:
+    canonical, stats = _motion_of_each(model, variables, _canonical_keypoints, jnp.stack(frames))
+  else:  # one call: no batching needed
+    one, updated = model.apply(
+      variables, source, True, method=_canonical_keypoints, mutable=["batch_stats"]
+    )
+    canonical, stats = one[None], updated["batch_stats"]
+  canonical_kp = canonical[0]  # (B, K, 3)
+  transformed_canonical = canonical[1] if mmfa else canonical_kp
+  variables = {**variables, "batch_stats": stats}
+  motions, stats = _motion_of_each(
+    model,
+    variables,
+    _frame_motion,
+    jnp.stack([source, driving, transformed]),  # (3, B, H, W, 3)
+    jnp.stack([canonical_kp, canonical_kp, transformed_canonical]),  # (3, B, K, 3)
+  )
+  source_motion, driving_motion, transformed_motion = (
+    jax.tree.map(lambda x, i=i: x[i], motions) for i in range(3)
+  )
+  source_motion["canonical_kp"] = canonical_kp
+  variables = {**variables, "batch_stats": stats}
+  generated, updated = model.apply(
+    variables,
+    source,
+    source_motion["kp"],
+    driving_motion["kp"],
+    method=_generate,
+    mutable=["batch_stats"],
+  )
+  out = dict(
+    generated=generated,
+    source_motion=source_motion,
+    driving_motion=driving_motion,
+    transformed_motion=transformed_motion,
+  )
+  if mmfa and with_identity:
+    out["driving_canonical_kp"] = canonical[2]
+  if mmfa and augmented is not None:
+    variables = {**variables, "batch_stats": updated["batch_stats"]}
+    out["augmented_latent"], updated = model.apply(
+      variables, augmented, method=_expression_latent, mutable=["batch_stats"]
+    )
+  return out, updated["batch_stats"]
 
 
 def _float32(tree: Any) -> Any:
@@ -297,18 +373,17 @@ class Objective:
         sample_similarity_transform(similarity_rng, batch_size, **similarity), driving
       )
     with_identity = self.variant == "mmfa" and loss.identity > 0
-    out, updated = self.nets.model.apply(
+    out, updated_stats = training_forward(
+      self.nets.model,
       self.model_variables(params, batch_stats, frozen),
       source,
       driving,
       transformed,
       augmented,
       with_identity,
-      method=_training_forward,
-      mutable=["batch_stats"],
     )
     out = _float32(out)
-    _, new_stats = self.trained_part({"params": params, "batch_stats": updated["batch_stats"]})
+    _, new_stats = self.trained_part({"params": params, "batch_stats": updated_stats})
     generated = out["generated"]
     prediction = generated["prediction"]
     driving_motion = out["driving_motion"]
@@ -446,7 +521,7 @@ def train_step(
 
 
 def sample_outputs(out: Mapping[str, Any]) -> dict[str, jax.Array]:
-  """What the sample grid shows, from a training forward pass (``_training_forward``): generated
+  """What the sample grid shows, from a training forward pass (``training_forward``): generated
   frames (every output size), source and driving keypoints, the occlusion map."""
   generated = out["generated"]
   result = {

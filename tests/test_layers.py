@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch_oracles import to_channels_first, to_channels_last
 
-from mmfa_jax.ops.layers import BatchNorm, Conv, Dense, avg_pool, max_pool, upsample_nearest
+from mmfa_jax.ops.layers import (
+  BatchNorm,
+  Conv,
+  Dense,
+  avg_pool,
+  max_pool,
+  sequential_running_statistics,
+  upsample_nearest,
+)
 from pretrained_converters.common import take_batchnorm, take_conv, take_dense
 
 torch.manual_seed(0)
@@ -170,3 +178,45 @@ def test_upsample_and_pooling_match_torch():
   )
   with pytest.raises(ValueError, match="factors"):
     upsample_nearest(image, (2, 2, 2))
+
+
+def test_batched_calls_leave_the_running_statistics_of_calls_in_order():
+  """Three BatchNorm training calls batched with vmap, composed by
+  ``sequential_running_statistics``, against PyTorch's BatchNorm2d called three times in order."""
+  rng = np.random.default_rng(5)
+  spread = np.array([1.0, 3.0, 0.5], np.float32)[:, None, None, None, None]
+  inputs = rng.normal(size=(3, 4, 5, 5, 6)).astype(np.float32) * spread  # (calls, B, H, W, C)
+  inputs = inputs + np.arange(3, dtype=np.float32)[:, None, None, None, None]
+  bn = BatchNorm()
+  start = {
+    "mean": rng.normal(size=6).astype(np.float32),
+    "var": rng.uniform(0.5, 2.0, size=6).astype(np.float32),
+  }
+  variables = {
+    "params": {"scale": np.ones(6, np.float32), "bias": np.zeros(6, np.float32)},
+    "batch_stats": start,
+  }
+
+  def one(x):
+    out, updated = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    return out, updated["batch_stats"]
+
+  outputs, per_call = jax.vmap(one)(inputs)
+  composed = sequential_running_statistics(start, per_call)
+
+  torch_bn = torch.nn.BatchNorm2d(6)
+  with torch.no_grad():
+    torch_bn.running_mean.copy_(torch.from_numpy(start["mean"]))
+    torch_bn.running_var.copy_(torch.from_numpy(start["var"]))
+  torch_bn.train()
+  for x, out in zip(inputs, outputs):
+    want = torch_bn(to_channels_first(x))
+    np.testing.assert_allclose(out, to_channels_last(want.detach()), atol=1e-5)
+  np.testing.assert_allclose(composed["mean"], torch_bn.running_mean.numpy(), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(composed["var"], torch_bn.running_var.numpy(), rtol=1e-6, atol=1e-6)
+
+  # Statistics no call changed come back bit for bit; only moving averages can be composed.
+  untouched = sequential_running_statistics(start, jax.tree.map(lambda s: np.stack([s] * 3), start))
+  np.testing.assert_array_equal(untouched["mean"], start["mean"])
+  with pytest.raises(ValueError, match="moving averages"):
+    sequential_running_statistics({"u": start["mean"]}, {"u": per_call["mean"]})

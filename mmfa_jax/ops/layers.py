@@ -254,6 +254,36 @@ class BatchNorm(nn.Module):
     return outputs.astype(self.dtype or inputs.dtype)
 
 
+def sequential_running_statistics(
+  initial: Any, per_call: Any, momentum: float = BatchNorm.momentum
+) -> Any:
+  """BatchNorm running statistics after N training calls in order, from what each call alone
+  leaves.
+
+  A batched (``jax.vmap``) run of N calls on the same variables gives, per call i, the statistics
+  ``(1 - m) r + m b_i`` of one call from ``r``; calls one after another give
+  ``(1 - m)^N r + sum_i (1 - m)^(N - i) m b_i``. ``initial`` is a ``batch_stats`` tree, ``per_call``
+  the same with a leading axis N; leaves the calls did not change come back exactly. Only
+  BatchNorm's ``mean`` and ``var`` compose this way; any other statistic raises ``ValueError``.
+  """
+  decay = 1.0 - momentum
+
+  def compose(path: Any, start: jax.Array, calls: jax.Array) -> jax.Array:
+    name = getattr(path[-1], "key", None)
+    if name not in ("mean", "var"):
+      raise ValueError(
+        f"cannot compose running statistic {jax.tree_util.keystr(path)}: only BatchNorm's "
+        "mean and var are moving averages"
+      )
+    count = calls.shape[0]
+    weights = decay ** jnp.arange(count - 1, -1, -1, dtype=calls.dtype)  # (N,)
+    composed = decay**count * start + jnp.tensordot(weights, calls - decay * start, axes=1)
+    untouched = jnp.all(calls == start[None])
+    return jnp.where(untouched, start, composed)
+
+  return jax.tree_util.tree_map_with_path(compose, initial, per_call)
+
+
 def upsample_nearest(inputs: jax.Array, factors: Sequence[int]) -> jax.Array:
   """Repeats each element ``factors[i]`` times along spatial axis i (PyTorch nearest upsampling).
 

@@ -73,15 +73,17 @@ def _images(directory: str, size: int) -> tuple[str, str]:
   return source, driving
 
 
-def _run(
-  command: list[str], cache: str, timeout: float
-) -> tuple[float, subprocess.CompletedProcess]:
-  env = dict(os.environ, PYTHONPATH=ROOT, MMFA_JAX_CACHE_DIR=cache, PYTHONUNBUFFERED="1")
+def _run(command: list[str], cache: str, timeout: float, log: str) -> float:
+  """Runs ``command`` with ``cache`` as the compilation cache; its output goes to ``log``."""
+  path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+  env = dict(os.environ, PYTHONPATH=path, MMFA_JAX_CACHE_DIR=cache, PYTHONUNBUFFERED="1")
   start = time.perf_counter()
   result = subprocess.run(
     command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout
   )
   seconds = time.perf_counter() - start
+  with open(log, "w") as handle:
+    handle.write(result.stdout + result.stderr)
   if result.returncode != 0:
     raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
   return seconds

@@ -193,11 +193,16 @@ def _motion_of_each(
   model: AnimationModel, variables: Mapping[str, Any], method: Callable[..., Any], *stacked: Any
 ) -> tuple[Any, Any]:
   """``method`` of the motion estimator for each entry of the leading axis of ``stacked``, in
-  train mode, as one batched call (one traced and compiled copy of the networks instead of N, and
-  N times the batch per kernel): each entry gets its own BatchNorm batch statistics, and the
+  train mode, as one batched call: each entry gets its own BatchNorm batch statistics, and the
   running statistics end as N calls one after another would leave them
   (``ops.layers.sequential_running_statistics``). Returns ``(outputs with the leading axis,
-  new batch_stats)``."""
+  new batch_stats)``.
+
+  The networks are traced once instead of N times and each kernel sees N times the batch (the
+  synthetic config's compiled CPU step has 141 convolutions instead of 316; tracing and lowering
+  take 9.5 s instead of 11-13 s). XLA's compile time does not change: it already compiled each
+  distinct kernel once.
+  """
 
   def one(*args: Any) -> tuple[Any, Any]:
     out, updated = model.apply(variables, *args, True, method=method, mutable=["batch_stats"])
@@ -247,12 +252,12 @@ def training_forward(
   keypoints of the source only; every motion on them, as the reference.
 
   Repeated calls of one network (canonical keypoints of up to three frames, the motion of three)
-  run batched (``_motion_of_each``), in the order listed here: the order in which the reference
-  style sequential calls would update BatchNorm's running statistics.
+  run batched (``_motion_of_each``); BatchNorm's running statistics are updated as if the calls
+  ran one after another in the order listed here.
   """
   mmfa = model.variant == "mmfa"
-  frames = [source, transformed] + ([driving] if mmfa and with_identity else [])
   if mmfa:
+    frames = [source, transformed] + ([driving] if with_identity else [])
     canonical, stats = _motion_of_each(model, variables, _canonical_keypoints, jnp.stack(frames))
   else:  # one call: no batching needed
     one, updated = model.apply(

@@ -62,11 +62,12 @@ def _stats(rng: np.random.Generator, stats: dict, params: dict) -> dict:
 def random_vae(config: Any, seed: int = 1) -> tuple[Any, dict[str, Any]]:
   """An ``ExpressionVAE`` of ``config.model.expression_vae`` with random parameters and feature
   statistics of 16 random feature vectors."""
+  from mmfa_jax.initialization import init_variables
   from mmfa_jax.models.expression_vae import ExpressionVAE
 
   vae = ExpressionVAE(**dict(config.model.expression_vae))
   features = np.random.default_rng(seed).normal(size=(16, vae.feature_dim)).astype(np.float32)
-  variables = vae.init(jax.random.key(seed), features, jax.random.key(0))
+  variables = init_variables(vae, seed, features, jax.random.key(0))
   _, updated = vae.apply(
     variables, features, method=ExpressionVAE.update_feature_stats, mutable=["batch_stats"]
   )

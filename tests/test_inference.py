@@ -14,6 +14,7 @@ from scipy.spatial import ConvexHull
 from configs import test_tiny
 from mmfa_jax.checkpoints import ConvertedWeightsError, save_converted
 from mmfa_jax.inference import Animator, CheckpointKindError
+from mmfa_jax.initialization import init_variables
 from mmfa_jax.models import Hopenet, animation_model_from_config
 from mmfa_jax.models.expression_vae import ExpressionVAE
 from pretrained_converters import torch_reference as ref
@@ -151,7 +152,7 @@ def _mmfa_config():
 def _mmfa_variables(config, seed=0):
   model = animation_model_from_config(config.model)
   image = jnp.zeros((1, SIZE, SIZE, 3))
-  variables = jax.jit(model.init)(jax.random.key(seed), image, image)
+  variables = init_variables(model, seed, image, image)
   # Noise on every parameter (the initialiser zeroes some output layers, which would make the
   # keypoints coincide and the expression vanish) and random BatchNorm statistics.
   rng = np.random.default_rng(seed)
@@ -363,7 +364,7 @@ def test_directories_that_are_not_model_checkpoints_are_refused(tmp_path):
   with pytest.raises(CheckpointKindError, match="not an mmfa_jax checkpoint"):
     Animator.from_checkpoint(tmp_path / "empty")
   hopenet = Hopenet(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64))
-  variables = hopenet.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  variables = init_variables(hopenet, 0, np.zeros((1, 64, 64, 3), np.float32))
   save_converted(tmp_path / "hopenet", variables, {"kind": "hopenet"})
   with pytest.raises(CheckpointKindError, match="holds converted 'hopenet' weights"):
     Animator.from_checkpoint(tmp_path / "hopenet")

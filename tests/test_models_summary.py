@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import vox
+from mmfa_jax.initialization import init_variables
 from mmfa_jax.models import DenseMotionNetwork, KPDetector, motion_estimator_from_config
 from mmfa_jax.models.summary import REFERENCE_PARAM_COUNTS, summarise_networks
 
@@ -80,7 +81,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     reshape_channels=128,
     reshape_depth=4,
   )
-  variables = KPDetector(**config).init(jax.random.key(0), images)
+  variables = init_variables(KPDetector(**config), 0, images)
   assert jax.tree.leaves(variables)[0].dtype == jnp.float32
   full = jax.jit(KPDetector(**config).apply)(variables, images)["value"]
   half = jax.jit(KPDetector(**config, dtype=jnp.bfloat16).apply)(variables, images)["value"]
@@ -91,9 +92,7 @@ def test_bfloat16_compute_stays_close_to_float32():
   kp_source = rng.uniform(-0.8, 0.8, (1, 3, 3)).astype(np.float32)
   kp_driving = (kp_source + 0.1).astype(np.float32)
   dense_config = dict(block_expansion=8, num_blocks=2, max_features=32)
-  variables = DenseMotionNetwork(**dense_config).init(
-    jax.random.key(1), feature, kp_source, kp_driving
-  )
+  variables = init_variables(DenseMotionNetwork(**dense_config), 1, feature, kp_source, kp_driving)
   full = jax.jit(DenseMotionNetwork(**dense_config).apply)(
     variables, feature, kp_source, kp_driving
   )

@@ -325,7 +325,9 @@ class _SoftArgmaxLandmarks:
     self.module = _Heatmaps()
 
   def init(self, size):
-    return self.module.init(jax.random.key(7), np.zeros((1, size, size, 3), np.float32))
+    from mmfa_jax.initialization import init_variables
+
+    return init_variables(self.module, 7, np.zeros((1, size, size, 3), np.float32))
 
   def apply(self, variables, images):
     return self.module.apply(variables, images)

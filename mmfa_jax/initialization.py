@@ -146,10 +146,14 @@ def _shift_right_logical(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
   return np.right_shift(unsigned, np.asarray(shift).astype(unsigned.dtype)).view(x.dtype)
 
 
+class _NoNumpyRule(Exception):
+  """Raised by a NumPy rule for a case it does not cover: JAX evaluates that equation instead."""
+
+
 def _bitcast(x: np.ndarray, new_dtype: Any) -> np.ndarray:
   new_dtype = np.dtype(new_dtype)
   if new_dtype.itemsize != np.asarray(x).dtype.itemsize:
-    raise NotImplementedError("bitcast between widths")
+    raise _NoNumpyRule("bitcast between widths")  # changes the shape: left to JAX
   return np.ascontiguousarray(x).view(new_dtype)
 
 
@@ -344,7 +348,7 @@ def _evaluate_equation(eqn: jex.JaxprEqn, inputs: list[Any]) -> list[Any]:
     return _evaluate_with_jax(eqn, inputs)
   try:
     output = rule(*[np.asarray(x) for x in inputs], **params)
-  except (NotImplementedError, TypeError):
+  except (_NoNumpyRule, TypeError):  # TypeError: parameters a newer jax added to the primitive
     return _evaluate_with_jax(eqn, inputs)
   aval = eqn.outvars[0].aval
   output = np.asarray(output, dtype=aval.dtype)

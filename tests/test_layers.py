@@ -12,7 +12,10 @@ from mmfa_jax.ops.layers import (
   Conv,
   Dense,
   avg_pool,
+  conv3d,
+  conv3d_implementation,
   max_pool,
+  resolved_conv3d_implementation,
   sequential_running_statistics,
   upsample_nearest,
 )
@@ -54,6 +57,71 @@ def test_conv_matches_torch(torch_conv, size):
   # Initialised shapes equal the converted ones.
   init_shapes = jax.tree.map(jnp.shape, conv.init(jax.random.key(0), inputs)["params"])
   assert init_shapes == jax.tree.map(jnp.shape, params)
+
+
+@pytest.mark.parametrize("implementation", ["native", "depth_taps"])
+@pytest.mark.parametrize(
+  ("torch_conv", "size"),
+  [
+    (torch.nn.Conv3d(4, 5, 3, padding=1), (3, 6, 5)),
+    (torch.nn.Conv3d(3, 2, 7, padding=3), (5, 8, 8)),  # the mask convolution's shape of kernel
+    (torch.nn.Conv3d(4, 6, 1), (4, 5, 3)),
+    (torch.nn.Conv3d(4, 6, 3, stride=(2, 1, 2), padding=(0, 1, 1)), (7, 5, 6)),
+    (torch.nn.Conv3d(4, 6, (2, 3, 1), stride=2, padding=(1, 0, 0), groups=2), (6, 7, 4)),
+  ],
+)
+def test_conv3d_implementations_match_torch_values_and_gradients(torch_conv, size, implementation):
+  """Native and depth-tap 3D convolutions against torch's Conv3d: output, and the gradients of a
+  random projection of it with respect to the input and the kernel."""
+  rng = np.random.default_rng(1)
+  inputs = rng.normal(size=(2, *size, torch_conv.in_channels)).astype(np.float32)
+  torch_inputs = to_channels_first(inputs).detach().clone().requires_grad_(True)
+  torch_conv.zero_grad()  # the module is shared by the parametrisations
+  torch_out = torch_conv(torch_inputs)
+  projection = rng.normal(size=torch_out.shape).astype(np.float32)
+  (torch_out * torch.tensor(projection)).sum().backward()
+  kernel = np.transpose(
+    torch_conv.weight.detach().numpy(), (2, 3, 4, 1, 0)
+  )  # (kd, kh, kw, in, out)
+  strides = torch_conv.stride
+  padding = [(p, p) for p in torch_conv.padding]
+
+  def projected(x, k):
+    out = conv3d(
+      x, k, strides, padding, feature_group_count=torch_conv.groups, implementation=implementation
+    )
+    return jnp.sum(out * to_channels_last(torch.tensor(projection))), out
+
+  (_, out), (grad_inputs, grad_kernel) = jax.value_and_grad(
+    projected, argnums=(0, 1), has_aux=True
+  )(inputs, kernel)
+  bias = torch_conv.bias.detach().numpy()
+  np.testing.assert_allclose(out + bias, to_channels_last(torch_out.detach()), atol=2e-5)
+  np.testing.assert_allclose(grad_inputs, to_channels_last(torch_inputs.grad), atol=5e-5)
+  np.testing.assert_allclose(
+    grad_kernel, np.transpose(torch_conv.weight.grad.numpy(), (2, 3, 4, 1, 0)), atol=2e-4
+  )
+
+
+def test_conv3d_implementation_choice(monkeypatch):
+  monkeypatch.setenv("MMFA_JAX_CONV3D", "native")
+  assert resolved_conv3d_implementation() == "native"
+  with conv3d_implementation("depth_taps"):
+    assert resolved_conv3d_implementation() == "depth_taps"
+  monkeypatch.setenv("MMFA_JAX_CONV3D", "auto")
+  expected = "depth_taps" if jax.default_backend() == "cpu" else "native"
+  assert resolved_conv3d_implementation() == expected
+  monkeypatch.setenv("MMFA_JAX_CONV3D", "fast")
+  with pytest.raises(ValueError, match="MMFA_JAX_CONV3D"):
+    resolved_conv3d_implementation()
+  # bfloat16 inputs: depth-tap partial sums stay in float32, the result is bfloat16.
+  x = jnp.ones((1, 4, 3, 3, 2), jnp.bfloat16)
+  k = jnp.full((3, 1, 1, 2, 1), 0.1, jnp.bfloat16)
+  out = conv3d(x, k, (1, 1, 1), [(1, 1), (0, 0), (0, 0)], implementation="depth_taps")
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(
+    np.asarray(out[0, :, 0, 0, 0], np.float32), [0.4, 0.6, 0.6, 0.4], rtol=1e-2
+  )
 
 
 def test_default_init_is_torch_uniform():

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from mmfa_jax.models.blocks import Hourglass, depth_to_channels
-from mmfa_jax.ops.grid_sample import grid_sample_3d
-from mmfa_jax.ops.keypoints import heatmap_representation, sparse_motions
+from mmfa_jax.ops.grid_sample import coordinate_axis, grid_sample_separable, make_coordinate_grid
+from mmfa_jax.ops.keypoints import heatmap_representation, slot_shifts, sparse_motions
 from mmfa_jax.ops.layers import BatchNorm, Conv
 
 Dtype = Any
@@ -51,9 +51,16 @@ class DenseMotionNetwork(nn.Module):
     compressed = nn.relu(compressed)  # (B, D, H, W, compress)
 
     motion = sparse_motions(kp_source, kp_driving, spatial)  # (B, K+1, D, H, W, 3)
+    # Each slot's grid is the reference grid shifted by one vector: x depends on the W index only,
+    # y on H, z on D. So each slot's trilinear warp is three small interpolation matrices, equal to
+    # grid_sample at the full grid but with no gathers (and no scatter-adds in the gradient).
+    shift = slot_shifts(kp_source, kp_driving)  # (B, K+1, 3), (x, y, z)
+    axis_coords = [
+      coordinate_axis(n) + shift[..., c, None] for c, n in enumerate((width, height, depth))
+    ]  # x (B, K+1, W), y (B, K+1, H), z (B, K+1, D)
     # One warp per slot; the volume is shared by the slots, not repeated in memory.
-    deformed = jax.vmap(grid_sample_3d, in_axes=(None, 1), out_axes=1)(
-      compressed, motion.astype(jnp.float32)
+    deformed = jax.vmap(grid_sample_separable, in_axes=(None, 1), out_axes=1)(
+      compressed, axis_coords
     )  # (B, K+1, D, H, W, compress)
     heatmap = heatmap_representation(kp_source, kp_driving, spatial, self.kp_variance)
     heatmap = heatmap.astype(deformed.dtype)  # (B, D, H, W, K+1)
@@ -70,7 +77,10 @@ class DenseMotionNetwork(nn.Module):
     num_slots = motion.shape[1]
     mask_logits = Conv(num_slots, (7, 7, 7), padding=3, dtype=self.dtype, name="mask")(prediction)
     mask = jax.nn.softmax(mask_logits.astype(jnp.float32), axis=-1)  # (B, D, H, W, K+1)
-    deformation = jnp.einsum("bdhwk,bkdhwc->bdhwc", mask, motion)  # (B, D, H, W, 3)
+    # sum_k mask_k (grid + shift_k) = grid + sum_k mask_k shift_k (the mask sums to 1 over k).
+    deformation = make_coordinate_grid(spatial) + jnp.einsum(
+      "bdhwk,bkc->bdhwc", mask, shift, precision=jax.lax.Precision.HIGHEST
+    )  # (B, D, H, W, 3)
     out = {
       "deformation": deformation,
       "mask": mask,

@@ -37,6 +37,13 @@ PaddingMode = Literal["zeros", "border", "reflection"]
 _PADDING_MODES = ("zeros", "border", "reflection")
 
 
+def coordinate_axis(n: int, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """``(n,)`` values of one axis of ``make_coordinate_grid``: ``2 * (i / (n - 1)) - 1`` (0 if n = 1)."""
+  if n == 1:
+    return jnp.zeros((1,), dtype)
+  return 2 * (jnp.arange(n, dtype=dtype) / (n - 1)) - 1
+
+
 def make_coordinate_grid(spatial_shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
   """Regular grid over [-1, 1] (inclusive) for a 2D ``(H, W)`` or 3D ``(D, H, W)`` shape.
 
@@ -47,10 +54,7 @@ def make_coordinate_grid(spatial_shape: Sequence[int], dtype: jnp.dtype = jnp.fl
   spatial_shape = tuple(int(n) for n in spatial_shape)
   if len(spatial_shape) not in (2, 3):
     raise ValueError(f"make_coordinate_grid takes a 2D or 3D shape, got {spatial_shape}")
-  axes = []
-  for n in spatial_shape:
-    index = jnp.arange(n, dtype=dtype)
-    axes.append(2 * (index / max(n - 1, 1)) - 1 if n > 1 else jnp.zeros((1,), dtype))
+  axes = [coordinate_axis(n, dtype) for n in spatial_shape]
   mesh = jnp.meshgrid(*axes, indexing="ij")  # each (*spatial_shape), in array-axis order
   return jnp.stack(mesh[::-1], axis=-1)  # last axis (x, y[, z])
 
@@ -157,6 +161,88 @@ def grid_sample(
     values = _gather_rows(flat, flat_index)  # (B, P, C)
     output = output + values * jnp.where(valid, weight, 0)[..., None]
   return output.reshape(batch, *out_spatial, channels).astype(inputs.dtype)
+
+
+def interpolation_matrix(
+  coords: jax.Array,
+  size: int,
+  *,
+  padding_mode: PaddingMode = "zeros",
+  align_corners: bool = False,
+) -> jax.Array:
+  """Linear-interpolation weights along one axis, as ``grid_sample`` computes them.
+
+  Args:
+    coords: ``(..., n_out)`` normalised coordinates along the axis (see the module docstring).
+    size: the sampled axis' length ``n_in``.
+
+  Returns:
+    ``(..., n_out, n_in)`` in at least float32: row i holds the two weights that ``grid_sample``
+    gives the neighbours of ``coords[i]`` (one row sums to 1 inside the axis; taps outside it are
+    dropped under ``'zeros'`` padding).
+  """
+  if padding_mode not in _PADDING_MODES:
+    raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+  coords = coords.astype(jnp.promote_types(coords.dtype, jnp.float32))
+  position = _source_index(coords, size, padding_mode, align_corners)  # (..., n_out), pixels
+  lower = jnp.floor(position)
+  upper_weight = position - lower
+  # one_hot of an index outside [0, size) is a zero row: zero padding for free.
+  lower_index = lower.astype(jnp.int32)
+  return (1 - upper_weight)[..., None] * jax.nn.one_hot(
+    lower_index, size, dtype=coords.dtype
+  ) + upper_weight[..., None] * jax.nn.one_hot(lower_index + 1, size, dtype=coords.dtype)
+
+
+def grid_sample_separable(
+  inputs: jax.Array,
+  axis_coords: Sequence[jax.Array],
+  *,
+  padding_mode: PaddingMode = "zeros",
+  align_corners: bool = False,
+) -> jax.Array:
+  """``grid_sample`` at a grid whose x depends only on the output's W index, y only on H, z only
+  on D (an axis-aligned affine grid: shifted or scaled identity grids), without gathers.
+
+  Each axis becomes an ``(n_out, n_in)`` interpolation matrix (``interpolation_matrix``) and the
+  sample is their product with the input, one small matrix product per axis. The weights are
+  those of ``grid_sample`` (trilinear weights factor per axis, and so does zero padding), so the
+  result and its gradients (to the inputs and to the coordinates) equal ``grid_sample`` at the
+  full grid.
+
+  Args:
+    inputs: ``(B, H, W, C)`` or ``(B, D, H, W, C)``.
+    axis_coords: ``(x, y)`` or ``(x, y, z)``: x ``(B, Wo)``, y ``(B, Ho)``, z ``(B, Do)``, normalised.
+
+  Returns ``(B, Ho, Wo, C)`` or ``(B, Do, Ho, Wo, C)`` in the dtype of ``inputs``.
+  """
+  num_spatial = inputs.ndim - 2
+  if num_spatial not in (2, 3) or len(axis_coords) != num_spatial:
+    raise ValueError(
+      f"want (B, H, W, C) or (B, D, H, W, C) inputs and one coordinate array per spatial axis, "
+      f"got {inputs.shape} and {len(axis_coords)} arrays"
+    )
+  spatial = inputs.shape[1:-1]
+  # Array-axis order (z, y, x) is the reverse of (x, y, z).
+  matrices = [
+    interpolation_matrix(
+      axis_coords[num_spatial - 1 - axis],
+      size,
+      padding_mode=padding_mode,
+      align_corners=align_corners,
+    )
+    for axis, size in enumerate(spatial)
+  ]  # array axis a: (B, n_out_a, n_in_a)
+  compute = jnp.promote_types(inputs.dtype, jnp.float32)
+  # Full float32 products (no TF32 / bfloat16 passes on GPU and TPU): the weights are exact.
+  precision = jax.lax.Precision.HIGHEST
+  out = inputs.astype(compute)
+  letters = "dhw"[-num_spatial:]
+  for axis, matrix in enumerate(matrices):
+    source = letters.replace(letters[axis], "i")
+    target = letters
+    out = jnp.einsum(f"b{letters[axis]}i,b{source}c->b{target}c", matrix, out, precision=precision)
+  return out.astype(inputs.dtype)
 
 
 def grid_sample_2d(

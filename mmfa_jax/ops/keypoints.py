@@ -167,6 +167,13 @@ def sparse_motions(
   return jnp.concatenate([identity, keypoint_grids], axis=1)
 
 
+def slot_shifts(kp_source: jax.Array, kp_driving: jax.Array) -> jax.Array:
+  """The translation of each ``sparse_motions`` slot: ``(B, K + 1, n)``, slot 0 zero (identity),
+  slot k ``kp_source[k-1] - kp_driving[k-1]``; slot k's grid is the reference grid plus it."""
+  background = jnp.zeros_like(kp_source[:, :1])
+  return jnp.concatenate([background, kp_source - kp_driving], axis=1)
+
+
 def relative_pose(
   source: tuple[jax.Array, jax.Array, jax.Array],
   driving: tuple[jax.Array, jax.Array, jax.Array],

@@ -15,6 +15,11 @@
   updating the running variance with the *unbiased* one, as PyTorch does. Under ``jax.jit`` over
   a batch sharded on a mesh the statistics are global-batch statistics (the reference's
   SynchronizedBatchNorm). Variables ``params/{scale,bias}`` and ``batch_stats/{mean,var}``.
+* 3D convolutions have two exact formulations (``conv3d``): XLA's native one, and a sum over the
+  depth taps of 2D convolutions over (H, W) with the output depth folded into the batch. On XLA:CPU
+  the second is 1.8-7.5x faster (``performance_notes.md``); ``MMFA_JAX_CONV3D`` (``native``,
+  ``depth_taps`` or ``auto``, the default: depth taps on CPU, native elsewhere) or the
+  ``conv3d_implementation`` context manager choose, at trace time.
 * ``upsample_nearest`` (pixel repetition, = PyTorch nearest x2), ``avg_pool`` (PyTorch AvgPool, no
   padding) and ``max_pool`` (PyTorch MaxPool, padding with -inf).
 
@@ -24,9 +29,11 @@ bfloat16). BatchNorm statistics are always computed in float32.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
-from typing import Any
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -41,6 +48,101 @@ _DIMENSION_NUMBERS = {
   2: ("NHWC", "HWIO", "NHWC"),
   3: ("NDHWC", "DHWIO", "NDHWC"),
 }
+
+Conv3dImplementation = Literal["native", "depth_taps", "auto"]
+_CONV3D_IMPLEMENTATIONS = ("native", "depth_taps", "auto")
+_conv3d_override: list[str] = []
+
+
+@contextlib.contextmanager
+def conv3d_implementation(implementation: Conv3dImplementation) -> Iterator[None]:
+  """Within the block, 3D convolutions traced use ``implementation`` (overrides the environment)."""
+  if implementation not in _CONV3D_IMPLEMENTATIONS:
+    raise ValueError(f"3D convolution implementation must be one of {_CONV3D_IMPLEMENTATIONS}")
+  _conv3d_override.append(implementation)
+  try:
+    yield
+  finally:
+    _conv3d_override.pop()
+
+
+def resolved_conv3d_implementation() -> str:
+  """``'native'`` or ``'depth_taps'``: what a 3D convolution traced now uses.
+
+  The innermost ``conv3d_implementation`` block, else ``MMFA_JAX_CONV3D``, else ``auto``; ``auto``
+  means depth taps when JAX's default backend is the CPU, native otherwise.
+  """
+  choice = _conv3d_override[-1] if _conv3d_override else os.environ.get("MMFA_JAX_CONV3D", "auto")
+  if choice not in _CONV3D_IMPLEMENTATIONS:
+    raise ValueError(f"MMFA_JAX_CONV3D must be one of {_CONV3D_IMPLEMENTATIONS}, got {choice!r}")
+  if choice == "auto":
+    return "depth_taps" if jax.default_backend() == "cpu" else "native"
+  return choice
+
+
+def conv3d(
+  inputs: jax.Array,
+  kernel: jax.Array,
+  strides: Sequence[int],
+  padding: Sequence[tuple[int, int]],
+  *,
+  feature_group_count: int = 1,
+  precision: lax.PrecisionLike = None,
+  implementation: Conv3dImplementation = "auto",
+) -> jax.Array:
+  """3D convolution, PyTorch's cross-correlation, channels-last.
+
+  Args:
+    inputs: ``(B, D, H, W, C)``.
+    kernel: ``(kd, kh, kw, C / groups, out)``.
+    strides: ``(sd, sh, sw)``.
+    padding: ``((d_lo, d_hi), (h_lo, h_hi), (w_lo, w_hi))`` zeros.
+    implementation: ``'native'`` (one ``conv_general_dilated``), ``'depth_taps'`` (the sum over
+      the ``kd`` depth taps of 2D convolutions, each over the depth slices the tap reads, folded
+      into the batch; 2D partial sums in float32) or ``'auto'`` (``resolved_conv3d_implementation``).
+
+  Returns ``(B, Do, Ho, Wo, out)`` in the dtype of ``inputs``. Both implementations are exact; they
+  differ only in the order of the float additions.
+  """
+  if implementation == "auto":
+    implementation = resolved_conv3d_implementation()
+  strides, padding = tuple(strides), tuple(padding)
+  if implementation == "native":
+    return lax.conv_general_dilated(
+      inputs,
+      kernel,
+      window_strides=strides,
+      padding=padding,
+      dimension_numbers=_DIMENSION_NUMBERS[3],
+      feature_group_count=feature_group_count,
+      precision=precision,
+    )
+  if implementation != "depth_taps":
+    raise ValueError(f"unknown 3D convolution implementation {implementation!r}")
+  taps, depth_stride, (depth_low, depth_high) = kernel.shape[0], strides[0], padding[0]
+  padded = jnp.pad(inputs, ((0, 0), (depth_low, depth_high), (0, 0), (0, 0), (0, 0)))
+  batch, padded_depth, height, width, channels = padded.shape
+  out_depth = (padded_depth - taps) // depth_stride + 1
+  if out_depth < 1:
+    raise ValueError(f"3D kernel depth {taps} is deeper than the padded input {padded.shape}")
+  total = None
+  for tap in range(taps):
+    slab = lax.slice_in_dim(
+      padded, tap, tap + depth_stride * (out_depth - 1) + 1, depth_stride, axis=1
+    )  # (B, Do, H, W, C): the slices this tap reads, one per output depth
+    partial = lax.conv_general_dilated(
+      slab.reshape(batch * out_depth, height, width, channels),
+      kernel[tap],
+      window_strides=strides[1:],
+      padding=padding[1:],
+      dimension_numbers=_DIMENSION_NUMBERS[2],
+      feature_group_count=feature_group_count,
+      precision=precision,
+      preferred_element_type=jnp.promote_types(inputs.dtype, jnp.float32),
+    )  # (B * Do, Ho, Wo, out)
+    total = partial if total is None else total + partial
+  return total.reshape(batch, out_depth, *total.shape[1:]).astype(inputs.dtype)
+
 
 # PyTorch's default kaiming_uniform(a=sqrt(5)) equals U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_default_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -154,15 +256,27 @@ class Conv(nn.Module):
         "bias", _torch_default_bias_init(fan_in), (self.features,), self.param_dtype
       )
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    outputs = lax.conv_general_dilated(
-      inputs,
-      kernel,
-      window_strides=_per_axis(self.strides, num_spatial, "strides"),
-      padding=_padding_pairs(self.padding, num_spatial),
-      dimension_numbers=_DIMENSION_NUMBERS[num_spatial],
-      feature_group_count=self.feature_group_count,
-      precision=self.precision,
-    )
+    strides = _per_axis(self.strides, num_spatial, "strides")
+    padding = _padding_pairs(self.padding, num_spatial)
+    if num_spatial == 3:
+      outputs = conv3d(
+        inputs,
+        kernel,
+        strides,
+        padding,
+        feature_group_count=self.feature_group_count,
+        precision=self.precision,
+      )
+    else:
+      outputs = lax.conv_general_dilated(
+        inputs,
+        kernel,
+        window_strides=strides,
+        padding=padding,
+        dimension_numbers=_DIMENSION_NUMBERS[num_spatial],
+        feature_group_count=self.feature_group_count,
+        precision=self.precision,
+      )
     if bias is not None:
       outputs = outputs + bias
     return outputs

@@ -80,6 +80,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
   group.add_argument("--variant", choices=("mmfa", "face_vid2vid"), help="refuse other variants")
   group.add_argument("--batch-size", "--batch_size", type=int, default=8,
                      help="frames per compiled call")  # fmt: skip
+  group.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                     help="compute dtype of the networks (parameters stay float32)")  # fmt: skip
 
 
 def add_crop_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +122,7 @@ def load_animator(args: argparse.Namespace, variant: str | None = None):
     hopenet=args.hopenet,
     variant=variant or args.variant,
     batch_size=args.batch_size,
+    dtype=args.dtype,
   )
 
 

@@ -158,37 +158,189 @@ jax.tree_util.register_dataclass(
 # Compiled model functions (pure: variables in, arrays out)
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _float32(tree: Any) -> Any:
+  """Floating leaves as float32 (motion and keypoint maths stay float32 whatever the compute)."""
+  return jax.tree.map(
+    lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+  )
+
+
 def _encode(model: AnimationModel, source: jax.Array) -> dict[str, Any]:
-  return model.encode_source(source, False)
+  state = dict(model.encode_source(source, False))
+  state["motion"] = _float32(state["motion"])
+  return state
 
 
 def _frame_motion(model: AnimationModel, frames: jax.Array, canonical_kp: jax.Array) -> dict:
-  return model.frame_motion(frames, canonical_kp)
+  return _float32(model.frame_motion(frames, canonical_kp))
 
 
 def _render(model: AnimationModel, state: dict[str, Any], kp_driving: jax.Array) -> jax.Array:
-  return model.render(state, kp_driving)["prediction"]
+  return model.render(state, kp_driving)["prediction"].astype(jnp.float32)
 
 
 def _expression_deformation(
   model: AnimationModel, latent: jax.Array, canonical_kp: jax.Array
 ) -> jax.Array:
-  return model.expression_deformation(latent, canonical_kp)
+  return model.expression_deformation(latent, canonical_kp).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _KeypointRules:
+  """How a variant turns motion into keypoints (pure functions of arrays; traceable)."""
+
+  variant: str
+  deformation_frame: str
+
+  def keypoints(
+    self,
+    canonical_kp: jax.Array,
+    rotation: jax.Array,
+    translation: jax.Array,
+    scale: jax.Array,
+    expression_deformation: jax.Array,
+  ) -> jax.Array:
+    batch = rotation.shape[0]
+    canonical_kp = jnp.broadcast_to(canonical_kp, (batch, *canonical_kp.shape[1:]))
+    if self.variant == "mmfa":
+      return mmfa_keypoints(
+        canonical_kp,
+        rotation,
+        translation,
+        scale,
+        expression_deformation,
+        deformation_frame=self.deformation_frame,
+      )
+    posed = jnp.einsum("bij,bkj->bki", rotation, canonical_kp) + expression_deformation
+    return jnp.reshape(scale, (batch, 1, 1)) * posed + translation[:, None, :]
+
+  def rotation(self, yaw: Any, pitch: Any, roll: Any) -> jax.Array:
+    if self.variant == "mmfa":
+      return rotation_matrix(yaw, pitch, roll)
+    return reference_rotation_matrix(yaw, pitch, roll)
+
+  def driving_keypoints(
+    self,
+    source: Motion,
+    driving: Motion,
+    initial: Motion,
+    *,
+    mode: Mode,
+    adapt_scale: bool,
+    movement_scale: Any,
+    given: Mapping[str, Any],
+    canonical_kp: jax.Array,
+  ) -> jax.Array:
+    """``Animator.driving_keypoints``; face_vid2vid's adapted ``movement_scale`` (convex hulls,
+    computed on the host) is an argument, MMFA's is computed here."""
+    batch = driving.kp.shape[0]
+    if self.variant == "face_vid2vid":
+      kp_driving = driving.kp
+      if given:
+        angles = {
+          k: jnp.full((batch,), given[k], jnp.float32) if k in given else getattr(driving, k)
+          for k in ANGLES
+        }
+        rotation = self.rotation(angles["yaw"], angles["pitch"], angles["roll"])
+        kp_driving = self.keypoints(
+          canonical_kp,
+          rotation,
+          driving.translation,
+          driving.scale,
+          driving.expression_deformation,
+        )
+      if mode == "absolute":
+        return kp_driving
+      return relative_keypoints(source.kp, kp_driving, initial.kp, movement_scale)
+
+    if mode == "absolute":
+      rotation, translation, scale = driving.rotation, driving.translation, driving.scale
+    else:
+      movement = source.scale / initial.scale if adapt_scale else 1.0
+      rotation, translation, scale = relative_pose(
+        (source.rotation, source.translation, source.scale),
+        (driving.rotation, driving.translation, driving.scale),
+        (initial.rotation, initial.translation, initial.scale),
+        movement,
+      )
+    rotation = jnp.broadcast_to(rotation, (batch, 3, 3))
+    translation = jnp.broadcast_to(translation, (batch, 3))
+    scale = jnp.broadcast_to(scale, (batch,))
+    if given:
+      angles = dict(zip(ANGLES, rotation_matrix_to_euler(rotation)))
+      angles.update({k: jnp.full((batch,), v, jnp.float32) for k, v in given.items()})
+      rotation = self.rotation(angles["yaw"], angles["pitch"], angles["roll"])
+    return self.keypoints(
+      canonical_kp, rotation, translation, scale, driving.expression_deformation
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Compiled:
+  """One model's jitted functions (variables are arguments, so Animators can share them)."""
+
+  model: AnimationModel
+  encode: Any
+  motion: Any
+  render: Any
+  deformation: Any
+  animate_batch: Any
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_functions(model_config_json: str) -> tuple[AnimationModel, Any, Any, Any, Any]:
-  """The model and its jitted functions, one set per model config: Animators of the same model
-  (a notebook loading a checkpoint twice, a command run twice in one process) share compilations.
-  The functions take the variables as an argument, so sharing them is safe."""
-  model = animation_model_from_config(ml_collections.ConfigDict(json.loads(model_config_json)))
+def _compiled_functions(model_config_json: str, dtype: str = "float32") -> _Compiled:
+  """The model and its jitted functions, one set per model config and compute dtype: Animators of
+  the same model (a notebook loading a checkpoint twice, a command run twice in one process) share
+  compilations."""
+  model_config = ml_collections.ConfigDict(json.loads(model_config_json))
+  model = animation_model_from_config(model_config, dtype=DTYPES[dtype])
   apply = model.apply
-  return (
+  rules = _KeypointRules(
+    model_config.get("variant", "mmfa"), model_config.get("deformation_frame", "canonical")
+  )
+
+  def animate_batch(
+    variables: Any,
+    state: Mapping[str, Any],
+    frames: jax.Array,
+    initial: Motion,
+    use_first: jax.Array,
+    movement: jax.Array,
+    given_values: jax.Array,
+    *,
+    mode: Mode,
+    adapt_scale: bool,
+    given_names: tuple[str, ...],
+  ) -> tuple[jax.Array, Motion]:
+    """Driving frames ``(B, H, W, 3)`` -> generated frames, in one call: the frames' motion, the
+    target keypoints and the render. ``initial`` is the first driving frame's motion, or, when
+    ``use_first``, taken from this batch's first frame (returned for the next batches)."""
+    canonical_kp = state["motion"]["canonical_kp"]
+    motion = Motion.from_dict(apply(variables, frames, canonical_kp, method=_frame_motion))
+    first = motion.take(slice(0, 1))
+    initial = jax.tree.map(lambda a, b: jnp.where(use_first, a, b), first, initial)
+    kp = rules.driving_keypoints(
+      Motion.from_dict(state["motion"]),
+      motion,
+      initial,
+      mode=mode,
+      adapt_scale=adapt_scale,
+      movement_scale=movement,
+      given=dict(zip(given_names, given_values)),
+      canonical_kp=canonical_kp,
+    )
+    return apply(variables, state, kp, method=_render), initial
+
+  return _Compiled(
     model,
     jax.jit(functools.partial(apply, method=_encode)),
     jax.jit(functools.partial(apply, method=_frame_motion)),
     jax.jit(functools.partial(apply, method=_render)),
     jax.jit(functools.partial(apply, method=_expression_deformation)),
+    jax.jit(animate_batch, static_argnames=("mode", "adapt_scale", "given_names")),
   )
 
 
@@ -216,6 +368,8 @@ class Animator:
     image_size: the model's input and output size (pixels, square).
     batch_size: driving frames per compiled call.
     vae: ``(ExpressionVAE, its variables)`` for expression interpolation and sampling (MMFA).
+    dtype: compute dtype of the networks, ``'float32'`` (default) or ``'bfloat16'`` (parameters
+      stay float32; keypoints, poses and the returned frames are float32 either way).
   """
 
   def __init__(
@@ -226,14 +380,22 @@ class Animator:
     image_size: int,
     batch_size: int = 8,
     vae: tuple[ExpressionVAE, Mapping[str, Any]] | None = None,
+    dtype: str | Any = "float32",
   ):
     if batch_size < 1:
       raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    dtype = jnp.dtype(dtype).name
+    if dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    self.dtype = dtype
     self.model_config = model_config
-    compiled = _compiled_functions(model_config.to_json(sort_keys=True))
-    self.model, self._encode, self._motion, self._render, self._deformation = compiled
+    compiled = _compiled_functions(model_config.to_json(sort_keys=True), dtype)
+    self.model = compiled.model
+    self._encode, self._motion, self._render = compiled.encode, compiled.motion, compiled.render
+    self._deformation, self._animate_batch = compiled.deformation, compiled.animate_batch
     self.variant = model_config.get("variant", "mmfa")
     self.deformation_frame = model_config.get("deformation_frame", "canonical")
+    self._rules = _KeypointRules(self.variant, self.deformation_frame)
     self.image_size = int(image_size)
     self.batch_size = int(batch_size)
     self.variables = {
@@ -253,6 +415,7 @@ class Animator:
     hopenet: str | os.PathLike | None = None,
     variant: str | None = None,
     batch_size: int = 8,
+    dtype: str | Any = "float32",
   ) -> Animator:
     """Loads any mmfa_jax model checkpoint.
 
@@ -260,7 +423,7 @@ class Animator:
     face_vid2vid``), a training run's workdir (MMFA or face_vid2vid, ``step`` or the latest), or an
     expression-VAE run's workdir (its MMFA run is loaded with it). MMFA runs with the frozen
     Hopenet take it from ``hopenet`` or the run's ``config.pretrained.hopenet``. ``variant``
-    ('mmfa' or 'face_vid2vid'), when given, must match.
+    ('mmfa' or 'face_vid2vid'), when given, must match. ``dtype``: compute dtype (see ``Animator``).
 
     Raises:
       CheckpointKindError (a ``ValueError``): not an mmfa_jax model checkpoint, another variant,
@@ -270,9 +433,9 @@ class Animator:
     if not os.path.isdir(directory):
       raise CheckpointKindError(f"{directory}: no such checkpoint directory")
     if os.path.isfile(os.path.join(directory, "metadata.json")):
-      animator = cls._from_converted(directory, batch_size)
+      animator = cls._from_converted(directory, batch_size, dtype)
     elif os.path.isfile(os.path.join(directory, "config.json")):
-      animator = cls._from_run(directory, step, hopenet, batch_size)
+      animator = cls._from_run(directory, step, hopenet, batch_size, dtype)
     else:
       raise CheckpointKindError(
         f"{directory}: not an mmfa_jax checkpoint (no metadata.json of a converted model, no "
@@ -286,7 +449,7 @@ class Animator:
     return animator
 
   @classmethod
-  def _from_converted(cls, directory: str, batch_size: int) -> Animator:
+  def _from_converted(cls, directory: str, batch_size: int, dtype: Any) -> Animator:
     metadata = read_metadata(directory)
     if metadata.get("kind") != "face_vid2vid":
       raise CheckpointKindError(
@@ -303,10 +466,14 @@ class Animator:
       model_config.variant = "face_vid2vid"
       model_config.generator.kind = metadata.get("generator") or model_config.generator.kind
     variables, _ = load_converted(directory, "face_vid2vid")
-    return cls(model_config, variables["model"], image_size=image_size, batch_size=batch_size)
+    return cls(
+      model_config, variables["model"], image_size=image_size, batch_size=batch_size, dtype=dtype
+    )
 
   @classmethod
-  def _from_run(cls, directory: str, step: int | None, hopenet: Any, batch_size: int) -> Animator:
+  def _from_run(
+    cls, directory: str, step: int | None, hopenet: Any, batch_size: int, dtype: Any
+  ) -> Animator:
     config = read_run_config(directory)
     vae = None
     if config.get("task", "animation") == "expression_vae":
@@ -333,7 +500,14 @@ class Animator:
           "pass the converted Hopenet directory (--hopenet DIR)"
         )
       variables = with_frozen_pose_network(variables, load_converted(source, "hopenet")[0])
-    return cls(model, variables, image_size=config.image_size, batch_size=batch_size, vae=vae)
+    return cls(
+      model,
+      variables,
+      image_size=config.image_size,
+      batch_size=batch_size,
+      vae=vae,
+      dtype=dtype,
+    )
 
   # -- building blocks
   def encode_source(self, source: Any) -> dict[str, Any]:
@@ -372,26 +546,12 @@ class Animator:
     MMFA: ``ops.keypoints.mmfa_keypoints``. face_vid2vid: ``s (R x_c + delta) + t``, the
     reference's ``R x_c + t + delta`` at ``s = 1``.
     """
-    batch = rotation.shape[0]
-    canonical_kp = jnp.broadcast_to(canonical_kp, (batch, *canonical_kp.shape[1:]))
-    if self.variant == "mmfa":
-      return mmfa_keypoints(
-        canonical_kp,
-        rotation,
-        translation,
-        scale,
-        expression_deformation,
-        deformation_frame=self.deformation_frame,
-      )
-    posed = jnp.einsum("bij,bkj->bki", rotation, canonical_kp) + expression_deformation
-    return jnp.reshape(scale, (batch, 1, 1)) * posed + translation[:, None, :]
+    return self._rules.keypoints(canonical_kp, rotation, translation, scale, expression_deformation)
 
   def rotation(self, yaw: Any, pitch: Any, roll: Any) -> jax.Array:
     """The variant's rotation matrices for angles in degrees (the reference's pi = 3.14 for
     face_vid2vid, the exact pi for MMFA)."""
-    if self.variant == "mmfa":
-      return rotation_matrix(yaw, pitch, roll)
-    return reference_rotation_matrix(yaw, pitch, roll)
+    return self._rules.rotation(yaw, pitch, roll)
 
   def render(self, source_state: Mapping[str, Any], kp_driving: Any) -> np.ndarray:
     """Frames ``(B, H, W, 3)`` for target keypoints ``(B, K, 3)``, in compiled batches."""
@@ -430,47 +590,18 @@ class Animator:
     if mode not in ("relative", "absolute"):
       raise ValueError(f"mode must be 'relative' or 'absolute', got {mode!r}")
     overrides = {"yaw": yaw, "pitch": pitch, "roll": roll}
-    given = {k: v for k, v in overrides.items() if v is not None}
-    batch = driving.kp.shape[0]
-    if self.variant == "face_vid2vid":
-      kp_driving = driving.kp
-      if given:
-        angles = {
-          k: jnp.full((batch,), given[k], jnp.float32) if k in given else getattr(driving, k)
-          for k in ANGLES
-        }
-        rotation = self.rotation(angles["yaw"], angles["pitch"], angles["roll"])
-        kp_driving = self.keypoints(
-          canonical_kp,
-          rotation,
-          driving.translation,
-          driving.scale,
-          driving.expression_deformation,
-        )
-      if mode == "absolute":
-        return kp_driving
-      scale = adapt_movement_scale(source.kp, initial.kp) if adapt_scale else 1.0
-      return relative_keypoints(source.kp, kp_driving, initial.kp, scale)
-
-    if mode == "absolute":
-      rotation, translation, scale = driving.rotation, driving.translation, driving.scale
-    else:
-      movement = source.scale / initial.scale if adapt_scale else 1.0
-      rotation, translation, scale = relative_pose(
-        (source.rotation, source.translation, source.scale),
-        (driving.rotation, driving.translation, driving.scale),
-        (initial.rotation, initial.translation, initial.scale),
-        movement,
-      )
-    rotation = jnp.broadcast_to(rotation, (batch, 3, 3))
-    translation = jnp.broadcast_to(translation, (batch, 3))
-    scale = jnp.broadcast_to(scale, (batch,))
-    if given:
-      angles = dict(zip(ANGLES, rotation_matrix_to_euler(rotation)))
-      angles.update({k: jnp.full((batch,), v, jnp.float32) for k, v in given.items()})
-      rotation = self.rotation(angles["yaw"], angles["pitch"], angles["roll"])
-    return self.keypoints(
-      canonical_kp, rotation, translation, scale, driving.expression_deformation
+    movement = 1.0
+    if self.variant == "face_vid2vid" and adapt_scale and mode == "relative":
+      movement = adapt_movement_scale(source.kp, initial.kp)
+    return self._rules.driving_keypoints(
+      source,
+      driving,
+      initial,
+      mode=mode,
+      adapt_scale=adapt_scale,
+      movement_scale=movement,
+      given={k: v for k, v in overrides.items() if v is not None},
+      canonical_kp=canonical_kp,
     )
 
   def iter_animate(
@@ -484,29 +615,43 @@ class Animator:
     pitch: float | None = None,
     roll: float | None = None,
   ) -> Iterator[np.ndarray]:
-    """Generated frames ``(H, W, 3)``, one per driving frame, streamed in batches."""
+    """Generated frames ``(H, W, 3)``, one per driving frame, streamed in batches.
+
+    Each batch of ``batch_size`` driving frames is one compiled call (motion, target keypoints,
+    render); the source state stays on the device between calls.
+    """
+    if mode not in ("relative", "absolute"):
+      raise ValueError(f"mode must be 'relative' or 'absolute', got {mode!r}")
     state = self.encode_source(source)
     source_motion = self.source_motion(state)
-    canonical_kp = state["motion"]["canonical_kp"]
-    initial = None
+    overrides = {"yaw": yaw, "pitch": pitch, "roll": roll}
+    given_names = tuple(k for k in ANGLES if overrides[k] is not None)
+    given_values = jnp.asarray([overrides[k] for k in given_names], jnp.float32)
+    initial, use_first, movement = source_motion, True, jnp.ones((1,), jnp.float32)
     for chunk in _chunks(driving, self.batch_size):
-      motion = self.motion(
-        np.stack([as_image(f, self.image_size, "driving frame") for f in chunk]), state
-      )
-      if initial is None:
-        initial = motion.take(slice(0, 1))
-      kp = self.driving_keypoints(
-        source_motion,
-        motion,
+      frames = np.stack([as_image(f, self.image_size, "driving frame") for f in chunk])
+      count = frames.shape[0]
+      if count < self.batch_size:  # pad with the last frame: one compilation serves every batch
+        frames = np.concatenate([frames, np.repeat(frames[-1:], self.batch_size - count, 0)])
+      if use_first and self.variant == "face_vid2vid" and adapt_scale and mode == "relative":
+        # The reference's convex-hull scale is computed on the host, from the first frame.
+        initial = self.motion(frames[:1], state)
+        movement = jnp.asarray(adapt_movement_scale(source_motion.kp, initial.kp))
+        use_first = False
+      rendered, initial = self._animate_batch(
+        self.variables,
+        state,
+        frames,
         initial,
+        jnp.asarray(use_first),
+        movement,
+        given_values,
         mode=mode,
         adapt_scale=adapt_scale,
-        yaw=yaw,
-        pitch=pitch,
-        roll=roll,
-        canonical_kp=canonical_kp,
+        given_names=given_names,
       )
-      yield from self.render(state, kp)
+      use_first = False
+      yield from np.asarray(rendered)[:count]
 
   def animate(self, source: Any, driving: Any, **options: Any) -> np.ndarray:
     """``(T, H, W, 3)`` generated frames for a driving video ``(T, H, W, 3)`` (or one image);

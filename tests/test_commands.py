@@ -192,6 +192,15 @@ def test_animate_other_inputs_and_outputs(fv2v_dir, media, tmp_path):
     animate.main([*args, "--driving", str(frames / "001.png"), "--output", str(image_out)]) == 0
   )
   assert read_image(str(image_out)).shape == (SIZE, SIZE, 3)
+  # --dtype bfloat16: the same frame within bfloat16's precision (8-bit PNGs).
+  one = ["--driving", str(frames / "001.png")]
+  assert animate.main([*args, *one, "--output", str(tmp_path / "f32.png")]) == 0
+  assert (
+    animate.main([*args, *one, "--output", str(tmp_path / "bf16.png"), "--dtype", "bfloat16"]) == 0
+  )
+  full = read_image(str(tmp_path / "f32.png")).astype(np.float64)  # [0, 1]
+  half = read_image(str(tmp_path / "bf16.png")).astype(np.float64)
+  assert 0 < np.abs(full - half).mean() < 0.01 and np.abs(full - half).max() < 0.05
   gif_out = tmp_path / "sbs.gif"
   assert (
     animate.main([*args, "--driving", str(out), "--output", str(gif_out), "--side-by-side"]) == 0

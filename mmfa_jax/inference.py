@@ -620,9 +620,31 @@ class Animator:
     Each batch of ``batch_size`` driving frames is one compiled call (motion, target keypoints,
     render); the source state stays on the device between calls.
     """
+    yield from self.iter_animate_encoded(
+      self.encode_source(source),
+      driving,
+      mode=mode,
+      adapt_scale=adapt_scale,
+      yaw=yaw,
+      pitch=pitch,
+      roll=roll,
+    )
+
+  def iter_animate_encoded(
+    self,
+    state: Mapping[str, Any],
+    driving: Iterable[Any],
+    *,
+    mode: Mode = "relative",
+    adapt_scale: bool = False,
+    yaw: float | None = None,
+    pitch: float | None = None,
+    roll: float | None = None,
+  ) -> Iterator[np.ndarray]:
+    """``iter_animate`` for a source already encoded (``encode_source``): one source, many
+    driving videos, the source's encoding computed once."""
     if mode not in ("relative", "absolute"):
       raise ValueError(f"mode must be 'relative' or 'absolute', got {mode!r}")
-    state = self.encode_source(source)
     source_motion = self.source_motion(state)
     overrides = {"yaw": yaw, "pitch": pitch, "roll": roll}
     given_names = tuple(k for k in ANGLES if overrides[k] is not None)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import statistics
 import sys
@@ -378,7 +377,9 @@ def main() -> None:
     torch_s = _median_seconds(torch_step, args.repeats, torch_sync)
     for module in modules.values():
       module.eval()
-    peak_torch = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else math.nan
+    peak_torch = (
+      round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
+    )
     train_config = load_config(args.config)
     jax_s = _jax_training_seconds(train_config, batch, dtype, args.repeats)
     report("train step (s/step)", dtype, batch, torch_s, jax_s, torch_peak_gib=peak_torch)

@@ -4,11 +4,13 @@
 # knobs, everything written to $OUT as it arrives. Dry-run it on a CPU first:
 #
 #   OUT=/tmp/out GPU_SESSION_CONFIGS=synthetic GPU_SESSION_BATCH=2 GPU_SESSION_BUDGET=900 \
+#     GPU_SESSION_TORCH_CONFIG=test_tiny:face_vid2vid \
 #     bash benchmarks/gpu_session.sh
 #
 # On the device (carry .whl: grain, ml_collections, array_record, importlib_resources, ... as
 # gpu.md says):  bash benchmarks/gpu_session.sh   (about 7 minutes; stops starting cases when
-# GPU_SESSION_BUDGET seconds have passed).
+# GPU_SESSION_BUDGET seconds have passed). GPU_SESSION_PARTS picks and orders the parts
+# (default "startup knobs against_torch"; e.g. "against_torch startup" to measure throughput first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:?set OUT to a folder for the results}"
@@ -22,6 +24,8 @@ else
 fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 configs="${GPU_SESSION_CONFIGS:-vox vox_face_vid2vid}"
+parts="${GPU_SESSION_PARTS:-startup knobs against_torch}"
+torch_config="${GPU_SESSION_TORCH_CONFIG:-vox_face_vid2vid}"  # a face_vid2vid config
 batch="${GPU_SESSION_BATCH:-16}"
 budget="${GPU_SESSION_BUDGET:-420}"
 start=$SECONDS
@@ -33,6 +37,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/env
 
 left() { echo $((budget - (SECONDS - start))); }
 
+startup_part() {
 # 1. Start-up of each training config, cold then warm (new process each), with per-function
 #    compile times in the log (JAX_LOG_COMPILES).
 for config in $configs; do
@@ -45,6 +50,9 @@ for config in $configs; do
     >"$OUT/compiles_$config.txt"
 done
 
+}
+
+knobs_part() {
 # 2. Compile knobs on the first config's step (cold cache each): what each costs in compile time
 #    and in step time.
 first=${configs%% *}
@@ -54,5 +62,19 @@ for flags in "--xla_gpu_autotune_level=0" "--xla_gpu_enable_llvm_module_compilat
     --config "$first" --batch-sizes "$batch" --dtypes float32 --steps 3 --json "$OUT/knobs.jsonl" \
     >>"$OUT/knobs.log" 2>&1
   echo "XLA_FLAGS=$flags done at $((SECONDS - start)) s" >>"$OUT/knobs.log"
+done
+}
+
+# 3. Side by side with the PyTorch reference (same weights, same device): animation one frame per
+#    call and at batch $batch, the training step at batch $batch, float32 and bfloat16.
+against_torch_part() {
+  [ "$(left)" -gt 120 ] || return
+  timeout "$(left)" python3 benchmarks/against_torch.py --config "$torch_config" \
+    --batch-sizes "$batch" --train-batch "$batch" --dtypes float32 bfloat16 --frames 8 \
+    --json "$OUT/against_torch.jsonl" >"$OUT/against_torch.log" 2>&1
+}
+
+for part in $parts; do
+  "${part}_part"
 done
 echo "finished in $((SECONDS - start)) s" >>"$OUT/env.txt"

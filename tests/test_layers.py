@@ -12,10 +12,10 @@ from mmfa_jax.ops.layers import (
   Conv,
   Dense,
   avg_pool,
-  conv3d,
-  conv3d_implementation,
+  conv,
+  conv_implementation,
   max_pool,
-  resolved_conv3d_implementation,
+  resolved_conv_implementation,
   sequential_running_statistics,
   upsample_nearest,
 )
@@ -59,10 +59,13 @@ def test_conv_matches_torch(torch_conv, size):
   assert init_shapes == jax.tree.map(jnp.shape, params)
 
 
-@pytest.mark.parametrize("implementation", ["native", "depth_taps"])
+@pytest.mark.parametrize("implementation", ["native", "decomposed"])
 @pytest.mark.parametrize(
   ("torch_conv", "size"),
   [
+    (torch.nn.Conv2d(4, 5, 3, padding=1), (6, 5)),  # window kernel gradient
+    (torch.nn.Conv2d(3, 4, 7, padding=3), (8, 7)),  # 49 taps: XLA's kernel gradient
+    (torch.nn.Conv2d(4, 6, 3, stride=2, padding=(1, 0), groups=2), (7, 6)),
     (torch.nn.Conv3d(4, 5, 3, padding=1), (3, 6, 5)),
     (torch.nn.Conv3d(3, 2, 7, padding=3), (5, 8, 8)),  # the mask convolution's shape of kernel
     (torch.nn.Conv3d(4, 6, 1), (4, 5, 3)),
@@ -70,9 +73,10 @@ def test_conv_matches_torch(torch_conv, size):
     (torch.nn.Conv3d(4, 6, (2, 3, 1), stride=2, padding=(1, 0, 0), groups=2), (6, 7, 4)),
   ],
 )
-def test_conv3d_implementations_match_torch_values_and_gradients(torch_conv, size, implementation):
-  """Native and depth-tap 3D convolutions against torch's Conv3d: output, and the gradients of a
-  random projection of it with respect to the input and the kernel."""
+def test_conv_implementations_match_torch_values_and_gradients(torch_conv, size, implementation):
+  """Native and decomposed convolutions (depth-tap 3D, window kernel gradients) against torch's
+  Conv2d / Conv3d: output, and the gradients of a random projection of it with respect to the
+  input and the kernel."""
   rng = np.random.default_rng(1)
   inputs = rng.normal(size=(2, *size, torch_conv.in_channels)).astype(np.float32)
   torch_inputs = to_channels_first(inputs).detach().clone().requires_grad_(True)
@@ -80,14 +84,13 @@ def test_conv3d_implementations_match_torch_values_and_gradients(torch_conv, siz
   torch_out = torch_conv(torch_inputs)
   projection = rng.normal(size=torch_out.shape).astype(np.float32)
   (torch_out * torch.tensor(projection)).sum().backward()
-  kernel = np.transpose(
-    torch_conv.weight.detach().numpy(), (2, 3, 4, 1, 0)
-  )  # (kd, kh, kw, in, out)
+  to_flax = (*range(2, torch_conv.weight.ndim), 1, 0)  # (out, in, *k) -> (*k, in, out)
+  kernel = np.transpose(torch_conv.weight.detach().numpy(), to_flax)
   strides = torch_conv.stride
   padding = [(p, p) for p in torch_conv.padding]
 
   def projected(x, k):
-    out = conv3d(
+    out = conv(
       x, k, strides, padding, feature_group_count=torch_conv.groups, implementation=implementation
     )
     return jnp.sum(out * to_channels_last(torch.tensor(projection))), out
@@ -99,29 +102,35 @@ def test_conv3d_implementations_match_torch_values_and_gradients(torch_conv, siz
   np.testing.assert_allclose(out + bias, to_channels_last(torch_out.detach()), atol=2e-5)
   np.testing.assert_allclose(grad_inputs, to_channels_last(torch_inputs.grad), atol=5e-5)
   np.testing.assert_allclose(
-    grad_kernel, np.transpose(torch_conv.weight.grad.numpy(), (2, 3, 4, 1, 0)), atol=2e-4
+    grad_kernel, np.transpose(torch_conv.weight.grad.numpy(), to_flax), atol=2e-4
   )
 
 
-def test_conv3d_implementation_choice(monkeypatch):
-  monkeypatch.setenv("MMFA_JAX_CONV3D", "native")
-  assert resolved_conv3d_implementation() == "native"
-  with conv3d_implementation("depth_taps"):
-    assert resolved_conv3d_implementation() == "depth_taps"
-  monkeypatch.setenv("MMFA_JAX_CONV3D", "auto")
-  expected = "depth_taps" if jax.default_backend() == "cpu" else "native"
-  assert resolved_conv3d_implementation() == expected
-  monkeypatch.setenv("MMFA_JAX_CONV3D", "fast")
-  with pytest.raises(ValueError, match="MMFA_JAX_CONV3D"):
-    resolved_conv3d_implementation()
+def test_conv_implementation_choice(monkeypatch):
+  monkeypatch.setenv("MMFA_JAX_CONV", "native")
+  assert resolved_conv_implementation() == "native"
+  with conv_implementation("decomposed"):
+    assert resolved_conv_implementation() == "decomposed"
+  monkeypatch.setenv("MMFA_JAX_CONV", "auto")
+  expected = "decomposed" if jax.default_backend() == "cpu" else "native"
+  assert resolved_conv_implementation() == expected
+  monkeypatch.setenv("MMFA_JAX_CONV", "fast")
+  with pytest.raises(ValueError, match="MMFA_JAX_CONV"):
+    resolved_conv_implementation()
   # bfloat16 inputs: depth-tap partial sums stay in float32, the result is bfloat16.
   x = jnp.ones((1, 4, 3, 3, 2), jnp.bfloat16)
   k = jnp.full((3, 1, 1, 2, 1), 0.1, jnp.bfloat16)
-  out = conv3d(x, k, (1, 1, 1), [(1, 1), (0, 0), (0, 0)], implementation="depth_taps")
+  out = conv(x, k, (1, 1, 1), [(1, 1), (0, 0), (0, 0)], implementation="decomposed")
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(
     np.asarray(out[0, :, 0, 0, 0], np.float32), [0.4, 0.6, 0.6, 0.4], rtol=1e-2
   )
+  grad = jax.grad(lambda w: jnp.sum(conv(x, w, (1, 1, 1), [(1, 1), (0, 0), (0, 0)],
+                                         implementation="decomposed").astype(jnp.float32)))(k)  # fmt: skip
+  # d/dk = sum of the inputs each tap reads (ones): 9 (H x W) per depth slice read; with padding
+  # 1 the outer taps read 3 of the 4 slices, the middle tap all 4. Kernel order (tap, channel).
+  assert grad.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(grad, np.float32).ravel(), [27, 27, 36, 36, 27, 27])
 
 
 def test_default_init_is_torch_uniform():

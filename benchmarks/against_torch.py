@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -215,38 +217,18 @@ def torch_training_step(
 # ---------------------------------------------------------------------------------------------
 
 
-def _jax_training_seconds(config, batch: int, dtype: str, repeats: int) -> float:
-  """Median seconds of the mmfa_jax training step (the train_step benchmark's set-up)."""
-  import jax
-  import numpy as np
-  from train_step import _frozen_variables
-
-  from mmfa_jax.train import Networks, Trainer, make_mesh, replicated
-
-  config.data.batch_size = batch
-  config.train.dtype = dtype
-  mesh = make_mesh(0)
-  trainer = Trainer(
-    config, mesh=mesh, frozen=_frozen_variables(Networks.from_config(config), config)
-  )
-  generator, discriminator = trainer.init_states()
-  rng = np.random.default_rng(0)
-  size = config.image_size
-  batch_arrays = trainer.global_batch(
-    {
-      "source": rng.uniform(size=(batch, size, size, 3)).astype(np.float32),
-      "driving": rng.uniform(size=(batch, size, size, 3)).astype(np.float32),
-    }
-  )
-  key = jax.device_put(jax.random.key(1), replicated(mesh))
-  state = [generator, discriminator]
-
-  def step():
-    g, d, metrics, _ = trainer._step(state[0], state[1], trainer.frozen, batch_arrays, key)
-    state[:] = [g, d]
-    jax.block_until_ready(metrics)
-
-  return _median_seconds(step, repeats, lambda: None)
+def _jax_training(config_name: str, batch: int, dtype: str, repeats: int) -> dict:
+  """The mmfa_jax training step measured by ``train_step.py`` in a fresh process (its memory is
+  not shared with the PyTorch models here): its JSON result (``step_s``, ``peak_gib``, ...)."""
+  command = [sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"), "--config",
+             config_name, "--steps", str(repeats), "--one", dtype, str(batch)]  # fmt: skip
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+  done = subprocess.run(command, capture_output=True, text=True, env=env)
+  lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+  if done.returncode or not lines:
+    tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+    raise RuntimeError(f"the mmfa_jax training step failed (exit {done.returncode}): {tail}")
+  return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> None:
@@ -380,9 +362,17 @@ def main() -> None:
     peak_torch = (
       round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
     )
-    train_config = load_config(args.config)
-    jax_s = _jax_training_seconds(train_config, batch, dtype, args.repeats)
-    report("train step (s/step)", dtype, batch, torch_s, jax_s, torch_peak_gib=peak_torch)
+    jax_result = _jax_training(args.config, batch, dtype, args.repeats)
+    report(
+      "train step (s/step)",
+      dtype,
+      batch,
+      torch_s,
+      jax_result["step_s"],
+      torch_peak_gib=peak_torch,
+      jax_peak_gib=jax_result["peak_gib"],
+      jax_peak_kind=jax_result["peak_kind"],
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
   from mmfa_jax.train import Networks, Trainer, make_mesh, replicated
 
   enable_compilation_cache()  # MMFA_JAX_CACHE_DIR=none measures cold compilations
-  config = importlib.import_module(f"configs.{config_name}").get_config()
+  module, _, argument = config_name.partition(":")  # e.g. test_tiny:face_vid2vid
+  get_config = importlib.import_module(f"configs.{module}").get_config
+  config = get_config(argument) if argument else get_config()
   config.data.batch_size = batch_size
   config.train.dtype = dtype
   mesh = make_mesh(0)

@@ -41,7 +41,6 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 Dtype = Any
@@ -162,24 +161,21 @@ def window_kernel_gradient(
   channels, features = kernel_shape[-2], kernel_shape[-1]
   flat_cotangent = cotangent.reshape(-1, features)  # (N, out)
   accumulate = jnp.promote_types(inputs.dtype, jnp.float32)
-  offsets = np.array(
-    list(itertools.product(*[range(k) for k in kernel_shape[:num_spatial]])), np.int32
-  )  # (taps, num_spatial)
-
-  def one_tap(_: None, offset: jax.Array) -> tuple[None, jax.Array]:
-    window = lax.dynamic_slice(
-      padded,
-      (0, *[offset[a] for a in range(num_spatial)], 0),
-      (padded.shape[0], *out_spatial, channels),
-    ).reshape(-1, channels)  # (N, C): the inputs this tap reads, one row per output position
+  taps = []
+  source = padded
+  for offset in itertools.product(*[range(k) for k in kernel_shape[:num_spatial]]):
+    window = source[
+      (slice(None), *[slice(o, o + n) for o, n in zip(offset, out_spatial)], slice(None))
+    ].reshape(-1, channels)  # (N, C): the inputs this tap reads, one row per output position
     product = jnp.matmul(
       window.T, flat_cotangent, precision=precision, preferred_element_type=accumulate
     )  # (C, out)
-    return None, product
-
-  # A loop, not unrolled taps: one window is alive at a time (unrolled, XLA may keep all of them).
-  _, taps = lax.scan(one_tap, None, jnp.asarray(offsets))
-  return taps.reshape(kernel_shape).astype(inputs.dtype)
+    # The next window is cut only after this product exists: one window alive at a time (left to
+    # itself XLA may keep every window, 27 input copies). Unrolled, not a scan: a loop would hold
+    # the batch all-reduce of a sharded batch, which deadlocks XLA:CPU's host devices.
+    product, source = lax.optimization_barrier((product, source))
+    taps.append(product)
+  return jnp.stack(taps).reshape(kernel_shape).astype(inputs.dtype)
 
 
 @functools.cache

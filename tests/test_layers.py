@@ -114,6 +114,10 @@ def test_conv_implementation_choice(monkeypatch):
   monkeypatch.setenv("MMFA_JAX_CONV", "auto")
   expected = "decomposed" if jax.default_backend() == "cpu" else "native"
   assert resolved_conv_implementation() == expected
+  # a program on several devices keeps XLA's convolutions under auto (XLA:CPU collectives)
+  assert resolved_conv_implementation(num_devices=8) == "native"
+  with conv_implementation("decomposed"):
+    assert resolved_conv_implementation(num_devices=8) == "decomposed"
   monkeypatch.setenv("MMFA_JAX_CONV", "fast")
   with pytest.raises(ValueError, match="MMFA_JAX_CONV"):
     resolved_conv_implementation()

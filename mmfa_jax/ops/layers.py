@@ -72,17 +72,23 @@ def conv_implementation(implementation: ConvImplementation) -> Iterator[None]:
     _conv_override.pop()
 
 
-def resolved_conv_implementation() -> str:
-  """``'native'`` or ``'decomposed'``: what a convolution traced now uses.
+def resolved_conv_implementation(num_devices: int = 1) -> str:
+  """``'native'`` or ``'decomposed'``: what a convolution traced now uses in a program that runs on
+  ``num_devices`` devices (a mesh's size).
 
   The innermost ``conv_implementation`` block, else ``MMFA_JAX_CONV``, else ``auto``; ``auto``
-  means decomposed when JAX's default backend is the CPU, native otherwise.
+  means decomposed when JAX's default backend is the CPU and the program runs on one device,
+  native otherwise. On several XLA:CPU host devices the decomposed kernel gradients of a sharded
+  batch become one all-reduce per kernel tap; XLA:CPU runs such independent collectives
+  concurrently, and the 8-device training step deadlocked in them on a 2-core machine (all-reduce
+  rendezvous timeout, 2026-11-26), so ``auto`` keeps XLA's native convolutions there.
   """
   choice = _conv_override[-1] if _conv_override else os.environ.get("MMFA_JAX_CONV", "auto")
   if choice not in _CONV_IMPLEMENTATIONS:
     raise ValueError(f"MMFA_JAX_CONV must be one of {_CONV_IMPLEMENTATIONS}, got {choice!r}")
   if choice == "auto":
-    return "decomposed" if jax.default_backend() == "cpu" else "native"
+    single_cpu = jax.default_backend() == "cpu" and num_devices == 1
+    return "decomposed" if single_cpu else "native"
   return choice
 
 

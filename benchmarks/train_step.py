@@ -45,15 +45,16 @@ def _frozen_variables(nets, config) -> dict:
   return frozen
 
 
-def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
-  """Measures one (dtype, batch size) in this process."""
+def build_step(config_name: str, batch_size: int, dtype: str) -> dict:
+  """The compiled training step of ``config_name`` and its arguments, in this process:
+  ``{"trainer", "compiled", "args", "compile_seconds", "compiles"}`` (``args``: generator,
+  discriminator, frozen variables, batch, key)."""
   import jax
   import numpy as np
 
-  from mmfa_jax.compilation_cache import CompileCounter, enable_compilation_cache
+  from mmfa_jax.compilation_cache import CompileCounter
   from mmfa_jax.train import Networks, Trainer, make_mesh, replicated
 
-  enable_compilation_cache()  # MMFA_JAX_CACHE_DIR=none measures cold compilations
   module, _, argument = config_name.partition(":")  # e.g. test_tiny:face_vid2vid
   get_config = importlib.import_module(f"configs.{module}").get_config
   config = get_config(argument) if argument else get_config()
@@ -72,18 +73,41 @@ def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
   }
   batch = trainer.global_batch(local)
   key = jax.device_put(jax.random.key(1), replicated(mesh))
+  args = (generator, discriminator, trainer.frozen, batch, key)
 
   start = time.perf_counter()
   with CompileCounter() as compiles:
-    compiled = trainer._step.lower(generator, discriminator, trainer.frozen, batch, key).compile()
+    compiled = trainer._step.lower(*args).compile()
   compile_seconds = time.perf_counter() - start
+  return dict(
+    trainer=trainer,
+    compiled=compiled,
+    args=args,
+    compile_seconds=compile_seconds,
+    compiles=compiles,
+  )
+
+
+def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
+  """Measures one (dtype, batch size) in this process."""
+  import jax
+
+  from mmfa_jax.compilation_cache import enable_compilation_cache
+
+  enable_compilation_cache()  # MMFA_JAX_CACHE_DIR=none measures cold compilations
+  built = build_step(config_name, batch_size, dtype)
+  compiled, compile_seconds, compiles = (
+    built["compiled"],
+    built["compile_seconds"],
+    built["compiles"],
+  )
+  generator, discriminator, frozen, batch, key = built["args"]
+  mesh = built["trainer"].mesh
 
   times = []
   for _ in range(steps + 1):  # the first call is a warm-up
     start = time.perf_counter()
-    generator, discriminator, metrics, _ = compiled(
-      generator, discriminator, trainer.frozen, batch, key
-    )
+    generator, discriminator, metrics, _ = compiled(generator, discriminator, frozen, batch, key)
     jax.block_until_ready((generator, discriminator, metrics))
     times.append(time.perf_counter() - start)
   step_seconds = statistics.median(times[1:])

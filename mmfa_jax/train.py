@@ -43,11 +43,7 @@ from mmfa_jax.models.animation import (
 from mmfa_jax.models.discriminator import MultiScaleDiscriminator
 from mmfa_jax.models.hopenet import Hopenet, prepare_hopenet_input
 from mmfa_jax.models.perceptual import VGG19, VGGFace
-from mmfa_jax.ops.layers import (
-  conv_implementation,
-  resolved_conv_implementation,
-  sequential_running_statistics,
-)
+from mmfa_jax.ops.layers import sequential_running_statistics
 from mmfa_jax.ops.pyramid import image_pyramid
 from mmfa_jax.ops.rotation import bins_to_degrees
 from mmfa_jax.ops.tps import sample_similarity_transform, sample_tps_transform, warp_image
@@ -598,14 +594,8 @@ class StepRunner:
     """``jax.jit`` of ``step_fn``: states and step inputs replicated, the batch and the per-sample
     outputs sharded on the data axis; the input states are donated."""
     rep, data = replicated(self.mesh), batch_sharding(self.mesh)
-
-    def step_on_mesh(*args: Any) -> Any:
-      # the convolutions' implementation for a program on this mesh, chosen when it is traced
-      with conv_implementation(resolved_conv_implementation(self.mesh.size)):
-        return step_fn(*args)
-
     self._step = jax.jit(
-      step_on_mesh,
+      step_fn,
       in_shardings=(rep, rep, rep, data, rep),
       out_shardings=(rep, rep, rep, data),
       donate_argnums=(0, 1),

@@ -59,7 +59,7 @@ def test_conv_matches_torch(torch_conv, size):
   assert init_shapes == jax.tree.map(jnp.shape, params)
 
 
-@pytest.mark.parametrize("implementation", ["native", "decomposed"])
+@pytest.mark.parametrize("implementation", ["native", "depth_taps", "decomposed"])
 @pytest.mark.parametrize(
   ("torch_conv", "size"),
   [
@@ -74,7 +74,7 @@ def test_conv_matches_torch(torch_conv, size):
   ],
 )
 def test_conv_implementations_match_torch_values_and_gradients(torch_conv, size, implementation):
-  """Native and decomposed convolutions (depth-tap 3D, window kernel gradients) against torch's
+  """Native, depth-tap and decomposed convolutions (window kernel gradients) against torch's
   Conv2d / Conv3d: output, and the gradients of a random projection of it with respect to the
   input and the kernel."""
   rng = np.random.default_rng(1)
@@ -112,12 +112,8 @@ def test_conv_implementation_choice(monkeypatch):
   with conv_implementation("decomposed"):
     assert resolved_conv_implementation() == "decomposed"
   monkeypatch.setenv("MMFA_JAX_CONV", "auto")
-  expected = "decomposed" if jax.default_backend() == "cpu" else "native"
+  expected = "depth_taps" if jax.default_backend() == "cpu" else "native"
   assert resolved_conv_implementation() == expected
-  # a program on several devices keeps XLA's convolutions under auto (XLA:CPU collectives)
-  assert resolved_conv_implementation(num_devices=8) == "native"
-  with conv_implementation("decomposed"):
-    assert resolved_conv_implementation(num_devices=8) == "decomposed"
   monkeypatch.setenv("MMFA_JAX_CONV", "fast")
   with pytest.raises(ValueError, match="MMFA_JAX_CONV"):
     resolved_conv_implementation()

@@ -485,31 +485,3 @@ def test_batched_motion_equals_the_calls_in_order():
     np.max(np.abs(pose_stats - variables["batch_stats"]["motion_estimator"]["pose"]["bn1"]["mean"]))
     > 1e-3
   )
-
-
-@pytest.mark.parametrize("devices, expected", [(1, "decomposed"), (8, "native")])
-def test_step_convolutions_follow_the_mesh(monkeypatch, devices, expected):
-  """A compiled step traces its convolutions for its mesh: on XLA:CPU, decomposed on one device,
-  XLA's native ones on eight (where the decomposed kernel gradients' per-tap all-reduces
-  deadlocked XLA:CPU's collectives); an explicit ``MMFA_JAX_CONV`` is kept."""
-  from mmfa_jax.ops.layers import resolved_conv_implementation
-  from mmfa_jax.train import StepRunner
-
-  monkeypatch.setenv("MMFA_JAX_CONV", "auto")
-  seen = []
-
-  def step_fn(generator, discriminator, step_inputs, batch, key):
-    seen.append(resolved_conv_implementation())
-    return generator, discriminator, {"mean": jnp.mean(batch["x"])}, {}
-
-  runner = StepRunner()
-  runner._set_up(_config(), make_mesh(devices))
-  runner._compile_step(step_fn)
-  batch = runner.global_batch({"x": np.arange(8, dtype=np.float32)})
-  _, _, metrics, _ = runner._step(jnp.zeros(()), jnp.zeros(()), {}, batch, jnp.zeros(()))
-  assert float(metrics["mean"]) == 3.5
-  assert seen == [expected if jax.default_backend() == "cpu" else "native"]
-  monkeypatch.setenv("MMFA_JAX_CONV", "decomposed")
-  runner._compile_step(step_fn)
-  runner._step(jnp.zeros(()), jnp.zeros(()), {}, batch, jnp.ones(()))
-  assert seen[-1] == "decomposed"

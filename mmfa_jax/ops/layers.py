@@ -15,12 +15,13 @@
   updating the running variance with the *unbiased* one, as PyTorch does. Under ``jax.jit`` over
   a batch sharded on a mesh the statistics are global-batch statistics (the reference's
   SynchronizedBatchNorm). Variables ``params/{scale,bias}`` and ``batch_stats/{mean,var}``.
-* Convolutions (``conv``) have two exact implementations: XLA's native one, and a decomposed one
-  for XLA:CPU, whose native 3D convolutions and kernel gradients are several times slower than
-  PyTorch's: 3D convolutions as sums over the depth taps of 2D convolutions (output depth folded
-  into the batch), kernel gradients as one matrix product per kernel tap. ``MMFA_JAX_CONV``
-  (``native``, ``decomposed`` or ``auto``, the default: decomposed on CPU, native elsewhere) or the
-  ``conv_implementation`` context manager choose, at trace time.
+* Convolutions (``conv``) have three exact implementations, for XLA:CPU, whose native 3D
+  convolutions and kernel gradients are several times slower than PyTorch's: XLA's native one;
+  ``depth_taps``, 3D convolutions as sums over the depth taps of 2D convolutions (output depth
+  folded into the batch), differentiated by JAX; and ``decomposed``, depth taps with custom
+  gradients (kernel gradients as one matrix product per kernel tap). ``MMFA_JAX_CONV`` (``native``,
+  ``depth_taps``, ``decomposed`` or ``auto``, the default: depth taps on CPU, native elsewhere) or
+  the ``conv_implementation`` context manager choose, at trace time.
 * ``upsample_nearest`` (pixel repetition, = PyTorch nearest x2), ``avg_pool`` (PyTorch AvgPool, no
   padding) and ``max_pool`` (PyTorch MaxPool, padding with -inf).
 
@@ -52,8 +53,8 @@ _DIMENSION_NUMBERS = {
   3: ("NDHWC", "DHWIO", "NDHWC"),
 }
 
-ConvImplementation = Literal["native", "decomposed", "auto"]
-_CONV_IMPLEMENTATIONS = ("native", "decomposed", "auto")
+ConvImplementation = Literal["native", "depth_taps", "decomposed", "auto"]
+_CONV_IMPLEMENTATIONS = ("native", "depth_taps", "decomposed", "auto")
 _conv_override: list[str] = []
 # Kernel gradients by shifted-window matrix products up to this many kernel taps (3 x 3 x 3);
 # larger kernels would copy the input once per tap.
@@ -72,23 +73,20 @@ def conv_implementation(implementation: ConvImplementation) -> Iterator[None]:
     _conv_override.pop()
 
 
-def resolved_conv_implementation(num_devices: int = 1) -> str:
-  """``'native'`` or ``'decomposed'``: what a convolution traced now uses in a program that runs on
-  ``num_devices`` devices (a mesh's size).
+def resolved_conv_implementation() -> str:
+  """``'native'``, ``'depth_taps'`` or ``'decomposed'``: what a convolution traced now uses.
 
   The innermost ``conv_implementation`` block, else ``MMFA_JAX_CONV``, else ``auto``; ``auto``
-  means decomposed when JAX's default backend is the CPU and the program runs on one device,
-  native otherwise. On several XLA:CPU host devices the decomposed kernel gradients of a sharded
-  batch become one all-reduce per kernel tap; XLA:CPU runs such independent collectives
-  concurrently, and the 8-device training step deadlocked in them on a 2-core machine (all-reduce
-  rendezvous timeout, 2026-11-26), so ``auto`` keeps XLA's native convolutions there.
+  means depth taps when JAX's default backend is the CPU, native otherwise. The custom gradients
+  of ``decomposed`` are faster on XLA:CPU but opt-in: in full test runs (2026-11-26) XLA:CPU
+  deadlocked in their per-tap all-reduces on 8 host devices, and segfaulted compiling a bfloat16
+  gradient that contained them (the same compile passed on its own).
   """
   choice = _conv_override[-1] if _conv_override else os.environ.get("MMFA_JAX_CONV", "auto")
   if choice not in _CONV_IMPLEMENTATIONS:
     raise ValueError(f"MMFA_JAX_CONV must be one of {_CONV_IMPLEMENTATIONS}, got {choice!r}")
   if choice == "auto":
-    single_cpu = jax.default_backend() == "cpu" and num_devices == 1
-    return "decomposed" if single_cpu else "native"
+    return "depth_taps" if jax.default_backend() == "cpu" else "native"
   return choice
 
 
@@ -255,9 +253,10 @@ def conv(
       ``'decomposed'`` (3D convolutions as depth-tap 2D convolutions, ``conv3d_depth_taps``; for
       stride-1 ungrouped convolutions, input gradients as the same forward convolution of the
       cotangent with the flipped kernel, and kernel gradients (at most 27 taps) as shifted-window
-      matrix products, ``window_kernel_gradient``; other gradients by JAX) or ``'auto'``
-      (``resolved_conv_implementation``: decomposed on CPU, where XLA's 3D convolutions and kernel
-      gradients are several times slower than PyTorch's, native elsewhere).
+      matrix products, ``window_kernel_gradient``; other gradients by JAX), ``'depth_taps'``
+      (the same forward, gradients by JAX) or ``'auto'`` (``resolved_conv_implementation``: depth
+      taps on CPU, where XLA's 3D convolutions are several times slower than PyTorch's, native
+      elsewhere).
 
   Returns ``(B, *out_spatial, out)``. The implementations are exact: they differ only in the order
   of the float additions, for the values and for the gradients.
@@ -266,8 +265,12 @@ def conv(
     implementation = resolved_conv_implementation()
   strides = tuple(int(v) for v in strides)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if implementation == "native":
+  if implementation == "native" or (implementation == "depth_taps" and inputs.ndim == 4):
     return _native_conv(inputs, kernel, strides, padding, feature_group_count, precision)
+  if implementation == "depth_taps":
+    return conv3d_depth_taps(
+      inputs, kernel, strides, padding, feature_group_count=feature_group_count, precision=precision
+    )
   if implementation != "decomposed":
     raise ValueError(f"unknown convolution implementation {implementation!r}")
   convolve = _decomposed_conv(strides, padding, feature_group_count, precision, inputs.ndim - 2)

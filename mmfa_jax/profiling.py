@@ -47,7 +47,8 @@ class Instruction:
 
   ``category``: its opcode, or for a fusion ``fusion:<op>`` with ``<op>`` the most telling opcode
   inside it (``convolution``, ``dot``, ``scatter``...; ``elementwise`` when none).
-  ``op_name``: the JAX name stack of its metadata (empty when it has none).
+  ``op_name``: the JAX name stack of its metadata; for a fusion without one, that of the most
+  telling instruction inside it (empty when there is none).
   """
 
   name: str
@@ -59,6 +60,9 @@ class Instruction:
 def parse_hlo_module(text: str) -> dict[str, Instruction]:
   """Instructions of an HLO module's text (``compiled.as_text()`` or an XLA dump), by name."""
   opcodes_of: dict[str, set[str]] = collections.defaultdict(set)
+  # per computation, (rank of the most telling opcode, its op_name): the name stack of a fusion
+  # that has none of its own (XLA's library fusions, e.g. ``ynn_fusion``, drop it)
+  named_inside: dict[str, tuple[int, str]] = {}
   found: list[tuple[str, str, str, str]] = []  # (name, opcode, called computation, op_name)
   current = None
   for line in text.splitlines():
@@ -73,10 +77,13 @@ def parse_hlo_module(text: str) -> dict[str, Instruction]:
     if not match:
       continue
     name, opcode, rest = match.groups()
-    if current is not None:
-      opcodes_of[current].add(opcode)
     calls = _CALLS.search(rest)
     op_name = _OP_NAME.search(rest)
+    if current is not None:
+      opcodes_of[current].add(opcode)
+      rank = _HEAVY_OPCODES.index(opcode) if opcode in _HEAVY_OPCODES else len(_HEAVY_OPCODES)
+      if op_name and (current not in named_inside or rank < named_inside[current][0]):
+        named_inside[current] = (rank, op_name.group(1))
     found.append(
       (name, opcode, calls.group(1) if calls else "", op_name.group(1) if op_name else "")
     )
@@ -88,6 +95,7 @@ def parse_hlo_module(text: str) -> dict[str, Instruction]:
       inside = opcodes_of.get(called, set())
       telling = next((op for op in _HEAVY_OPCODES if op in inside), "elementwise")
       category = f"fusion:{telling}"
+      op_name = op_name or named_inside.get(called, (0, ""))[1]
     instructions[name] = Instruction(name, opcode, category, op_name)
   return instructions
 

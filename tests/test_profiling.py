@@ -15,8 +15,8 @@ HLO = """HloModule jit_step, is_scheduled=true
 %fused_computation (param_0.2: f32[1,4,4,2], param_1.1: f32[3,3,2,2]) -> f32[1,4,4,2] {
   %param_0.2 = f32[1,4,4,2]{3,2,1,0} parameter(0)
   %param_1.1 = f32[3,3,2,2]{3,2,1,0} parameter(1)
-  %convolution.3 = f32[1,4,4,2]{3,2,1,0} convolution(%param_0.2, %param_1.1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
-  ROOT %tanh.0 = f32[1,4,4,2]{3,2,1,0} tanh(%convolution.3)
+  %convolution.3 = f32[1,4,4,2]{3,2,1,0} convolution(%param_0.2, %param_1.1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(step)/jvp(Model)/generator/conv/conv_general_dilated" stack_frame_id=3}
+  ROOT %tanh.0 = f32[1,4,4,2]{3,2,1,0} tanh(%convolution.3), metadata={op_name="jit(step)/jvp(Model)/tanh"}
 }
 
 %fused_computation.1 (param_0.5: f32[8]) -> f32[8] {
@@ -29,7 +29,7 @@ ENTRY %main.9 (x.1: f32[1,4,4,2], k.1: f32[3,3,2,2], v.1: f32[8], w.1: f32[8,8])
   %k.1 = f32[3,3,2,2]{3,2,1,0} parameter(1), metadata={op_name="k"}
   %v.1 = f32[8]{0} parameter(2)
   %w.1 = f32[8,8]{1,0} parameter(3)
-  %tanh_fusion = f32[1,4,4,2]{3,2,1,0} fusion(%x.1, %k.1), kind=kOutput, calls=%fused_computation, metadata={op_name="jit(step)/jvp(Model)/generator/conv/conv_general_dilated" stack_frame_id=3}
+  %tanh_fusion = f32[1,4,4,2]{3,2,1,0} fusion(%x.1, %k.1), kind=kOutput, calls=%fused_computation
   %square = f32[8]{0} fusion(%v.1), kind=kLoop, calls=%fused_computation.1, metadata={op_name="jit(step)/transpose(jvp(Model))/generator/conv/mul"}
   %dot.4 = f32[8]{0} dot(%w.1, %square), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="jit(step)/transpose(jvp(Model))/discriminator/dot_general"}
   ROOT %tuple.5 = (f32[1,4,4,2]{3,2,1,0}, f32[8]{0}) tuple(%tanh_fusion, %dot.4)
@@ -45,6 +45,8 @@ def test_parse_hlo_module_categories_and_names():
   assert instructions["tuple.5"].category == "tuple"
   assert instructions["convolution.3"].category == "convolution"  # inside the fusion
   assert instructions["x.1"].op_name == "x"
+  # a fusion without metadata takes its convolution's name stack (not the tanh's)
+  assert instructions["tanh_fusion"].op_name.endswith("generator/conv/conv_general_dilated")
   assert (
     instructions["dot.4"].op_name == "jit(step)/transpose(jvp(Model))/discriminator/dot_general"
   )

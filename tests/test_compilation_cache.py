@@ -153,3 +153,44 @@ def test_resumed_training_run_compiles_nothing_new(tmp_path):
   assert 0 < resumed["startup_seconds"] < first["startup_seconds"]
   assert "loaded from the compilation cache" in result.stderr
   assert sorted(os.listdir(workdir / "samples")) == ["step_0000001.png", "step_0000002.png"]
+
+
+def test_metric_writer_imports_torch_only_for_an_installed_tensorboard(tmp_path):
+  """Start-up: without the ``tensorboard`` package, the writer does not import torch (1.5-2.3 s)."""
+  script = textwrap.dedent(
+    f"""
+    import importlib.util, json, sys
+    from mmfa_jax import train
+    before = "torch" in sys.modules
+    writer = train.MetricWriter({str(tmp_path / "run")!r})
+    writer.write(3, {{"loss": 0.5}})
+    print(json.dumps({{"before": before, "after": "torch" in sys.modules,
+                      "tensorboard": writer._tensorboard is not None,
+                      "installed": importlib.util.find_spec("tensorboard") is not None
+                        or importlib.util.find_spec("tensorboardX") is not None}}))
+    """
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  facts = json.loads(result.stdout.strip().splitlines()[-1])
+  assert facts["before"] is False
+  assert facts["tensorboard"] is facts["installed"]
+  if not facts["installed"]:
+    assert facts["after"] is False
+  assert read_metrics(str(tmp_path / "run")) == [{"step": 3, "loss": 0.5}]
+
+
+def test_summary_writer_choice(monkeypatch):
+  import importlib.util
+
+  from mmfa_jax import train
+
+  real = importlib.util.find_spec
+  monkeypatch.setattr(
+    importlib.util,
+    "find_spec",
+    lambda name, *a: None if name in ("tensorboard", "tensorboardX") else real(name, *a),
+  )
+  assert train._summary_writer_class() is None

@@ -214,6 +214,61 @@ def test_conv_batchnorm_gradients_match_torch():
   np.testing.assert_allclose(d_params["bn"]["bias"], torch_bn.bias.grad.numpy(), atol=1e-4)
 
 
+@pytest.mark.parametrize("torch_bn_cls", [torch.nn.BatchNorm2d, torch.nn.BatchNorm3d])
+def test_batchnorm_closed_form_gradients_match_torch_and_autodiff(torch_bn_cls):
+  """The training-mode BatchNorm's closed-form backward (``_batch_normalize``) against PyTorch's
+  autograd and against JAX differentiating the same formula, also under ``vmap`` (the motion
+  estimator's batched calls)."""
+  rng = np.random.default_rng(7)
+  num_spatial = 2 if torch_bn_cls is torch.nn.BatchNorm2d else 3
+  inputs = rng.normal(1.5, 2.0, size=(2, 3, *(4,) * num_spatial, 5)).astype(np.float32)
+  cotangent = rng.normal(size=inputs.shape).astype(np.float32)
+  scale = rng.uniform(0.5, 1.5, 5).astype(np.float32)
+  bias = rng.normal(size=5).astype(np.float32)
+  variables = {
+    "params": {"scale": scale, "bias": bias},
+    "batch_stats": {"mean": np.zeros(5, np.float32), "var": np.ones(5, np.float32)},
+  }
+
+  def loss(params, x):
+    out, _ = BatchNorm().apply(
+      {"params": params, "batch_stats": variables["batch_stats"]}, x, False, mutable=True
+    )
+    return out
+
+  def batched(params, x):
+    outs = jax.vmap(lambda xi: loss(params, xi))(x)
+    return jnp.sum(outs * cotangent)
+
+  closed = jax.grad(batched, argnums=(0, 1))(variables["params"], inputs)
+
+  def formula(params, x):  # the same BatchNorm written out, differentiated by JAX
+    axes = tuple(range(1, x.ndim - 1))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    out = (x - mean) / jnp.sqrt(var + 1e-5) * params["scale"] + params["bias"]
+    return jnp.sum(out * cotangent)
+
+  autodiff = jax.grad(formula, argnums=(0, 1))(variables["params"], inputs)
+  for got, want in zip(jax.tree.leaves(closed), jax.tree.leaves(autodiff)):
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+  for call in range(inputs.shape[0]):
+    torch_bn = torch_bn_cls(5).train()
+    with torch.no_grad():
+      torch_bn.weight.copy_(torch.from_numpy(scale))
+      torch_bn.bias.copy_(torch.from_numpy(bias))
+    x = to_channels_first(inputs[call]).requires_grad_(True)
+    (torch_bn(x) * to_channels_first(cotangent[call])).sum().backward()
+    np.testing.assert_allclose(closed[1][call], to_channels_last(x.grad), atol=2e-5)
+    if call == 0:
+      d_scale, d_bias = torch_bn.weight.grad.numpy(), torch_bn.bias.grad.numpy()
+    else:
+      d_scale, d_bias = d_scale + torch_bn.weight.grad.numpy(), d_bias + torch_bn.bias.grad.numpy()
+  np.testing.assert_allclose(closed[0]["scale"], d_scale, atol=1e-4)
+  np.testing.assert_allclose(closed[0]["bias"], d_bias, atol=1e-4)
+
+
 def test_bfloat16_compute_keeps_float32_params():
   conv = Conv(8, (3, 3), padding=1, dtype=jnp.bfloat16)
   bn = BatchNorm(dtype=jnp.bfloat16)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from mmfa_jax.checkpoints import ConvertedWeightsError
 from mmfa_jax.compilation_cache import enable_compilation_cache
+from mmfa_jax.console import quiet_library_logs
 from mmfa_jax.data.faces import FaceCrop, find_face_crop
 from mmfa_jax.data.video import (
   IMAGE_SUFFIXES,
@@ -49,9 +50,14 @@ USER_ERRORS = (CommandError, FrameReadError, ConvertedWeightsError)
 def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
         argv: Sequence[str] | None = None) -> int:  # fmt: skip
   """Parses ``argv``, runs ``main``; returns the exit status (2 for bad input, said on stderr)."""
+  if not any("--verbosity" in action.option_strings for action in parser._actions):
+    parser.add_argument(
+      "--verbosity", type=int, default=0, help="1: also other libraries' INFO log records"
+    )
   args = parser.parse_args(argv)
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
+  quiet_library_logs(args.verbosity)
   enable_compilation_cache()
   try:
     main(args)

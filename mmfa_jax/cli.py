@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from mmfa_jax.checkpoints import ConvertedWeightsError
 from mmfa_jax.compilation_cache import enable_compilation_cache
-from mmfa_jax.console import quiet_library_logs
+from mmfa_jax.console import configure_console
 from mmfa_jax.data.faces import FaceCrop, find_face_crop
 from mmfa_jax.data.video import (
   IMAGE_SUFFIXES,
@@ -57,7 +57,7 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
   args = parser.parse_args(argv)
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
-  quiet_library_logs(args.verbosity)
+  configure_console(args.verbosity)
   enable_compilation_cache()
   try:
     main(args)

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmfa_jax.compilation_cache import enable_compilation_cache
-from mmfa_jax.console import quiet_library_logs
+from mmfa_jax.console import configure_console
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
@@ -52,7 +52,7 @@ def initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  quiet_library_logs(logging.get_verbosity())  # libraries' INFO records with --verbosity=1
+  configure_console(logging.get_verbosity())  # libraries' INFO records with --verbosity=1
   initialize_distributed()
   enable_compilation_cache()  # MMFA_JAX_CACHE_DIR, default ~/.cache/mmfa_jax/jax
   config = _CONFIG.value

@@ -37,14 +37,19 @@ def test_absl_command_output(tmp_path):
     textwrap.dedent(
       """
       from absl import app, logging
+      from tqdm import tqdm
       from mmfa_jax import compilation_cache
-      from mmfa_jax.console import quiet_library_logs
+      from mmfa_jax.console import configure_console
 
       def main(argv):
-        quiet_library_logs(logging.get_verbosity())
+        configure_console(logging.get_verbosity())
+        bar = tqdm(total=2, desc="progress-bar")
+        bar.update(1)
         logging.info("outside-info")
         logging.warning("outside-warning")
         compilation_cache.enable_compilation_cache()  # logs "compilation cache: ..." (INFO)
+        bar.update(1)
+        bar.close()
 
       app.run(main)
       """
@@ -62,11 +67,16 @@ def test_absl_command_output(tmp_path):
   quiet = run()
   assert "outside-warning" in quiet and "compilation cache off" in quiet
   assert "outside-info" not in quiet
+  # Each log line starts a line of its own, above the bar (never after the bar's text).
+  for piece in quiet.replace("\r", "\n").split("\n"):
+    if "outside-warning" in piece or "compilation cache off" in piece:
+      assert piece[0] in "IW" and "progress-bar" not in piece, piece
+  assert quiet.count("outside-warning") == 1
   verbose = run("--verbosity=1")
   assert "outside-info" in verbose and "outside-warning" in verbose
   # Calling it again replaces the filter instead of adding a second one.
   handler = logging.getLogger().handlers
-  first = console.quiet_library_logs(0)
-  second = console.quiet_library_logs(1)
+  first = console.configure_console(0)
+  second = console.configure_console(1)
   for h in handler:
     assert first not in h.filters and h.filters.count(second) == 1

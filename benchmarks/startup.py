@@ -44,7 +44,7 @@ def _frozen_directories(config, directory: str) -> dict[str, str]:
 
   from mmfa_jax.checkpoints import save_converted
   from mmfa_jax.initialization import init_variables
-  from mmfa_jax.train import Networks, required_pretrained
+  from mmfa_jax.objective import Networks, required_pretrained
 
   networks = Networks.from_config(config)
   size = config.image_size

@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _frozen_variables(nets, config) -> dict:
-  """Random variables for every frozen network the config needs (``nets``: ``train.Networks``),
+  """Random variables for every frozen network the config needs (``nets``: ``objective.Networks``),
   made without compiling (``initialization.init_variables``)."""
   import numpy as np
 
@@ -53,7 +53,9 @@ def build_step(config_name: str, batch_size: int, dtype: str) -> dict:
   import numpy as np
 
   from mmfa_jax.compilation_cache import CompileCounter
-  from mmfa_jax.train import Networks, Trainer, make_mesh, replicated
+  from mmfa_jax.objective import Networks
+  from mmfa_jax.sharding import make_mesh, replicated
+  from mmfa_jax.train import Trainer
 
   module, _, argument = config_name.partition(":")  # e.g. test_tiny:face_vid2vid
   get_config = importlib.import_module(f"configs.{module}").get_config

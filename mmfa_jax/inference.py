@@ -51,6 +51,7 @@ from mmfa_jax.checkpoints import (
 )
 from mmfa_jax.data.video import resize, to_rgb_float
 from mmfa_jax.models.animation import (
+  DTYPES,
   AnimationModel,
   animation_model_from_config,
   with_frozen_pose_network,
@@ -156,9 +157,6 @@ jax.tree_util.register_dataclass(
 
 # --------------------------------------------------------------------------------------------
 # Compiled model functions (pure: variables in, arrays out)
-
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _float32(tree: Any) -> Any:

@@ -36,7 +36,8 @@ from mmfa_jax.checkpoints import load_training_run
 from mmfa_jax.initialization import evaluate_on_host
 from mmfa_jax.models.animation import animation_model_from_config
 from mmfa_jax.models.expression_vae import ExpressionVAE, LatentDiscriminator
-from mmfa_jax.train import StepRunner, put_replicated
+from mmfa_jax.sharding import put_replicated
+from mmfa_jax.train import StepRunner
 from mmfa_jax.train_state import TrainState, apply_gradients
 
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from mmfa_jax.train import Trainer, make_mesh, read_metrics, required_pretrained, train_and_evaluate
+from mmfa_jax.objective import required_pretrained
+from mmfa_jax.sharding import make_mesh
+from mmfa_jax.train import Trainer, read_metrics, train_and_evaluate
 
 STEPS = 4
 # Overrides shared by every run of this module (in-process and command line), so that the runs
@@ -123,7 +125,8 @@ def first_step(one_device_trainer):
   """Step 1 of the run (``init_states``, key ``seed + 1``, the first batch of the iterator) on a
   1-device and on an 8-device mesh: ``{devices: (metrics, generator params, discriminator params)}``.
   """
-  from mmfa_jax.train import make_train_iterator, replicated
+  from mmfa_jax.sharding import replicated
+  from mmfa_jax.train import make_train_iterator
 
   config = _config()
   local = next(make_train_iterator(config, config.train.seed))
@@ -317,7 +320,7 @@ class _Heatmaps(nn.Module):
 
 
 class _SoftArgmaxLandmarks:
-  """A toy frozen landmark network (``mmfa_jax.train.LandmarkNetwork``) around ``_Heatmaps``."""
+  """A toy frozen landmark network (``mmfa_jax.objective.LandmarkNetwork``) around ``_Heatmaps``."""
 
   point_weights = np.array([2.0, 2.0, 1.0, 1.0, 0.5], np.float32)
 
@@ -414,7 +417,7 @@ def test_batched_motion_equals_the_calls_in_order():
   outputs and the same BatchNorm running statistics at the end."""
   from mmfa_jax.initialization import init_variables
   from mmfa_jax.models.animation import animation_model_from_config
-  from mmfa_jax.train import training_forward
+  from mmfa_jax.objective import training_forward
 
   config = synthetic.get_config("tiny")  # MMFA with a learned (BatchNorm-updating) pose network
   model = animation_model_from_config(config.model)

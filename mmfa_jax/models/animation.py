@@ -176,6 +176,9 @@ class AnimationModel(nn.Module):
     return self.animate(self.encode_source(source, train), driving, train)
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute dtypes by their config names
+
+
 def animation_model_from_config(model_config: Any, dtype: Dtype | None = None) -> AnimationModel:
   """Builds ``AnimationModel`` from a config's ``model`` section (see ``configs/vox.py``)."""
   generator = dict(model_config.generator)

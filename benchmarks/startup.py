@@ -103,7 +103,7 @@ def main() -> None:
 
   import jax
 
-  from mmfa_jax.train import read_metrics
+  from mmfa_jax.metric_logs import read_metrics
 
   device = jax.devices()[0]
   accelerator = device.platform != "cpu"

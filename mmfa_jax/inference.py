@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,19 +41,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mmfa_jax.checkpoints import (
-  ConvertedWeightsError,
-  load_converted,
-  load_training_run,
-  read_metadata,
-  read_run_config,
-)
 from mmfa_jax.data.video import resize, to_rgb_float
+from mmfa_jax.model_loading import CheckpointKindError, load_model
 from mmfa_jax.models.animation import (
   DTYPES,
   AnimationModel,
   animation_model_from_config,
-  with_frozen_pose_network,
 )
 from mmfa_jax.models.expression_vae import ExpressionVAE
 from mmfa_jax.ops.keypoints import (
@@ -72,11 +64,6 @@ from mmfa_jax.ops.rotation import (
 Mode = Literal["relative", "absolute"]
 ANGLES = ("yaw", "pitch", "roll")
 ATTRIBUTES = ("yaw", "pitch", "roll", "scale", "tx", "ty", "tz")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class CheckpointKindError(ConvertedWeightsError):
-  """A directory that is not an mmfa_jax model checkpoint, or not of the variant asked for."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,17 +333,6 @@ def _compiled_functions(model_config_json: str, dtype: str = "float32") -> _Comp
 # Loading
 
 
-def _config_from_file(name: str) -> ml_collections.ConfigDict:
-  """``get_config()`` of a config file named in converted metadata (relative to the repository)."""
-  path = name if os.path.isabs(name) else os.path.join(ROOT, name)
-  spec = importlib.util.spec_from_file_location("_converted_config", path)
-  if spec is None or not os.path.isfile(path):
-    raise CheckpointKindError(f"the config file {name} named in the metadata is not found")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 class Animator:
   """A model with its variables, compiled once per input shape, for animation and editing.
 
@@ -427,85 +403,17 @@ class Animator:
       CheckpointKindError (a ``ValueError``): not an mmfa_jax model checkpoint, another variant,
         or a missing Hopenet; the message names the directory.
     """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-      raise CheckpointKindError(f"{directory}: no such checkpoint directory")
-    if os.path.isfile(os.path.join(directory, "metadata.json")):
-      animator = cls._from_converted(directory, batch_size, dtype)
-    elif os.path.isfile(os.path.join(directory, "config.json")):
-      animator = cls._from_run(directory, step, hopenet, batch_size, dtype)
-    else:
-      raise CheckpointKindError(
-        f"{directory}: not an mmfa_jax checkpoint (no metadata.json of a converted model, no "
-        "config.json of a training run)"
-      )
-    animator.checkpoint = directory
-    if variant is not None and animator.variant != variant:
-      raise CheckpointKindError(
-        f"{directory}: a {animator.variant} checkpoint, but a {variant} one is needed here"
-      )
-    return animator
-
-  @classmethod
-  def _from_converted(cls, directory: str, batch_size: int, dtype: Any) -> Animator:
-    metadata = read_metadata(directory)
-    if metadata.get("kind") != "face_vid2vid":
-      raise CheckpointKindError(
-        f"{directory}: holds converted {metadata.get('kind')!r} weights, not an animation model "
-        "(convert a face-vid2vid checkpoint: tools/convert_torch_weights.py face_vid2vid)"
-      )
-    if metadata.get("model_config"):
-      model_config = ml_collections.ConfigDict(json.loads(metadata["model_config"]))
-      image_size = int(metadata["image_size"])
-    else:  # written before the metadata carried the model config
-      config = _config_from_file(metadata.get("config") or "configs/vox_face_vid2vid.py")
-      model_config, image_size = config.model, config.image_size
-    with model_config.unlocked():
-      model_config.variant = "face_vid2vid"
-      model_config.generator.kind = metadata.get("generator") or model_config.generator.kind
-    variables, _ = load_converted(directory, "face_vid2vid")
-    return cls(
-      model_config, variables["model"], image_size=image_size, batch_size=batch_size, dtype=dtype
-    )
-
-  @classmethod
-  def _from_run(
-    cls, directory: str, step: int | None, hopenet: Any, batch_size: int, dtype: Any
-  ) -> Animator:
-    config = read_run_config(directory)
-    vae = None
-    if config.get("task", "animation") == "expression_vae":
-      vae_config, vae_variables, _ = load_training_run(directory, step)
-      mmfa_dir, mmfa_step = config.mmfa.workdir, config.mmfa.get("step")
-      config, variables, _ = load_training_run(mmfa_dir, mmfa_step)
-      feature_dim = config.model.expression_encoder.latent_dim
-      vae = (
-        ExpressionVAE(
-          feature_dim=feature_dim,
-          latent_dim=vae_config.expression_vae.latent_dim,
-          hidden=tuple(vae_config.expression_vae.hidden),
-        ),
-        vae_variables,
-      )
-    else:
-      config, variables, _ = load_training_run(directory, step)
-    model = config.model
-    if model.get("variant", "mmfa") == "mmfa" and model.get("pose_network", "hopenet") == "hopenet":
-      source = hopenet or config.get("pretrained", {}).get("hopenet")
-      if not source:
-        raise CheckpointKindError(
-          f"{directory}: this MMFA model uses the frozen Hopenet, which is not part of the run; "
-          "pass the converted Hopenet directory (--hopenet DIR)"
-        )
-      variables = with_frozen_pose_network(variables, load_converted(source, "hopenet")[0])
-    return cls(
-      model,
-      variables,
-      image_size=config.image_size,
+    loaded = load_model(directory, step=step, hopenet=hopenet, variant=variant)
+    animator = cls(
+      loaded.model_config,
+      loaded.variables,
+      image_size=loaded.image_size,
       batch_size=batch_size,
-      vae=vae,
+      vae=loaded.vae,
       dtype=dtype,
     )
+    animator.checkpoint = os.fspath(directory)
+    return animator
 
   # -- building blocks
   def encode_source(self, source: Any) -> dict[str, Any]:

@@ -317,79 +317,14 @@ class Objective:
     )
     out = _float32(out)
     _, new_stats = self.trained_part({"params": params, "batch_stats": updated_stats})
-    generated = out["generated"]
-    prediction = generated["prediction"]
-    driving_motion = out["driving_motion"]
-    terms = {}
-
-    features, layer_weights = self._perceptual_features(frozen)
-    if "predictions" in generated:
-      terms["perceptual"] = losses.multiscale_perceptual(
-        features,
-        generated["predictions"],
-        driving,
-        layer_weights,
-        min_size=loss.perceptual_min_size,
-      )
-    else:
-      terms["perceptual"] = losses.perceptual_pyramid(
-        features, prediction, driving, tuple(self.config.perceptual_scales), layer_weights
-      )
-    if loss.vggface > 0:
-      vggface, variables = self.nets.vggface, frozen["vggface"]
-      terms["vggface"] = losses.vggface_perceptual(
-        lambda images: _float32(vggface.apply(variables, images)),
-        prediction,
-        driving,
-        loss.vggface,
-      )
-
-    disc_params, disc_stats = disc_variables
-    if loss.generator_gan > 0 or any(w > 0 for w in loss.feature_matching):
-      fake, disc_stats = self.discriminate(disc_params, disc_stats, prediction)
-      real, disc_stats = self.discriminate(disc_params, disc_stats, driving)
-      scales = sorted(fake)
-      terms["generator_gan"] = loss.generator_gan * losses.generator_gan(
-        [fake[s][1] for s in scales], loss.gan_mode
-      )
-      terms["feature_matching"] = sum(
-        losses.feature_matching(real[s][0], fake[s][0], tuple(loss.feature_matching))
-        for s in scales
-      )
-
-    if loss.equivariance > 0:
-      terms["equivariance"] = loss.equivariance * losses.equivariance(
-        driving_motion["kp"], out["transformed_motion"]["kp"], transform
-      )
-    if loss.keypoint_prior > 0:
-      terms["keypoint_prior"] = loss.keypoint_prior * losses.keypoint_prior(
-        driving_motion["kp"], loss.keypoint_distance, loss.keypoint_depth
-      )
-    if loss.deformation_prior > 0:
-      terms["deformation_prior"] = loss.deformation_prior * losses.deformation_prior(
-        driving_motion["expression_deformation"]
-      )
-    if "augmented_latent" in out:
-      terms["representation"] = loss.representation * losses.representation(
-        driving_motion["expression_latent"], out["augmented_latent"]
-      )
-    if "driving_canonical_kp" in out:
-      terms["identity"] = loss.identity * losses.identity_consistency(
-        out["source_motion"]["canonical_kp"], out["driving_canonical_kp"]
-      )
-    if self.variant == "face_vid2vid" and loss.headpose > 0:
-      logits = self.nets.hopenet.apply(frozen["hopenet"], prepare_hopenet_input(driving))
-      target = {k: bins_to_degrees(v.astype(jnp.float32)) for k, v in logits.items()}
-      terms["headpose"] = loss.headpose * losses.headpose(driving_motion, target)
-    if loss.landmark > 0:
-      detector = self.nets.landmarks
-      terms["landmark"] = loss.landmark * losses.landmark(
-        detector.apply(frozen["landmarks"], prediction),
-        detector.apply(frozen["landmarks"], driving),
-        jnp.asarray(detector.point_weights, jnp.float32),
-      )
+    inputs = TermInputs(self, batch, frozen, out, transform, *disc_variables)
+    terms = {
+      name: compute(inputs)
+      for name, (enabled, compute) in GENERATOR_TERMS.items()
+      if enabled(loss, self.variant)
+    }
     total = sum(terms.values())
-    return total, dict(terms=terms, batch_stats=new_stats, disc_stats=disc_stats, out=out)
+    return total, dict(terms=terms, batch_stats=new_stats, disc_stats=inputs.disc_stats, out=out)
 
   # -- discriminator side
   def discriminator_loss(
@@ -402,6 +337,151 @@ class Objective:
       [real_out[s][1] for s in scales], [fake_out[s][1] for s in scales], self.loss.gan_mode
     )
     return value, batch_stats
+
+
+@dataclasses.dataclass
+class TermInputs:
+  """What the generator's loss terms read: the batch, this step's training forward pass
+  (``training_forward``'s outputs, float32), the TPS transform of the equivariance loss, the
+  frozen networks and the discriminator, run once on the prediction and once on the driving frame
+  (``discriminated``, on first use; its statistics advance fake then real)."""
+
+  objective: Objective
+  batch: Mapping[str, jax.Array]
+  frozen: Mapping[str, Any]
+  out: dict[str, Any]
+  transform: Any
+  disc_params: Any
+  disc_stats: Any
+  _discriminated: tuple[dict, dict] | None = None
+
+  @property
+  def prediction(self) -> jax.Array:
+    return self.out["generated"]["prediction"]  # (B, H, W, 3)
+
+  @property
+  def driving_motion(self) -> dict[str, jax.Array]:
+    return self.out["driving_motion"]
+
+  def discriminated(self) -> tuple[dict, dict]:
+    """Discriminator outputs ``(fake, real)`` per scale."""
+    if self._discriminated is None:
+      fake, self.disc_stats = self.objective.discriminate(
+        self.disc_params, self.disc_stats, self.prediction
+      )
+      real, self.disc_stats = self.objective.discriminate(
+        self.disc_params, self.disc_stats, self.batch["driving"]
+      )
+      self._discriminated = (fake, real)
+    return self._discriminated
+
+
+def _perceptual(x: TermInputs) -> jax.Array:
+  loss, generated = x.objective.loss, x.out["generated"]
+  features, layer_weights = x.objective._perceptual_features(x.frozen)
+  driving = x.batch["driving"]
+  if "predictions" in generated:  # MMFA's multi-scale generator: one output per size
+    return losses.multiscale_perceptual(
+      features, generated["predictions"], driving, layer_weights, min_size=loss.perceptual_min_size
+    )
+  scales = tuple(x.objective.config.perceptual_scales)
+  return losses.perceptual_pyramid(features, x.prediction, driving, scales, layer_weights)
+
+
+def _vggface(x: TermInputs) -> jax.Array:
+  vggface, variables = x.objective.nets.vggface, x.frozen["vggface"]
+  return losses.vggface_perceptual(
+    lambda images: _float32(vggface.apply(variables, images)),
+    x.prediction,
+    x.batch["driving"],
+    x.objective.loss.vggface,
+  )
+
+
+def _generator_gan(x: TermInputs) -> jax.Array:
+  fake, _ = x.discriminated()
+  loss = x.objective.loss
+  return loss.generator_gan * losses.generator_gan(
+    [fake[s][1] for s in sorted(fake)], loss.gan_mode
+  )
+
+
+def _feature_matching(x: TermInputs) -> jax.Array:
+  fake, real = x.discriminated()
+  weights = tuple(x.objective.loss.feature_matching)
+  return sum(losses.feature_matching(real[s][0], fake[s][0], weights) for s in sorted(fake))
+
+
+def _equivariance(x: TermInputs) -> jax.Array:
+  return x.objective.loss.equivariance * losses.equivariance(
+    x.driving_motion["kp"], x.out["transformed_motion"]["kp"], x.transform
+  )
+
+
+def _keypoint_prior(x: TermInputs) -> jax.Array:
+  loss = x.objective.loss
+  return loss.keypoint_prior * losses.keypoint_prior(
+    x.driving_motion["kp"], loss.keypoint_distance, loss.keypoint_depth
+  )
+
+
+def _deformation_prior(x: TermInputs) -> jax.Array:
+  return x.objective.loss.deformation_prior * losses.deformation_prior(
+    x.driving_motion["expression_deformation"]
+  )
+
+
+def _representation(x: TermInputs) -> jax.Array:
+  return x.objective.loss.representation * losses.representation(
+    x.driving_motion["expression_latent"], x.out["augmented_latent"]
+  )
+
+
+def _identity(x: TermInputs) -> jax.Array:
+  return x.objective.loss.identity * losses.identity_consistency(
+    x.out["source_motion"]["canonical_kp"], x.out["driving_canonical_kp"]
+  )
+
+
+def _headpose(x: TermInputs) -> jax.Array:
+  hopenet = x.objective.nets.hopenet
+  logits = hopenet.apply(x.frozen["hopenet"], prepare_hopenet_input(x.batch["driving"]))
+  target = {k: bins_to_degrees(v.astype(jnp.float32)) for k, v in logits.items()}
+  return x.objective.loss.headpose * losses.headpose(x.driving_motion, target)
+
+
+def _landmark(x: TermInputs) -> jax.Array:
+  detector, variables = x.objective.nets.landmarks, x.frozen["landmarks"]
+  return x.objective.loss.landmark * losses.landmark(
+    detector.apply(variables, x.prediction),
+    detector.apply(variables, x.batch["driving"]),
+    jnp.asarray(detector.point_weights, jnp.float32),
+  )
+
+
+def _gan_enabled(loss: Any, variant: str) -> bool:
+  return loss.generator_gan > 0 or any(w > 0 for w in loss.feature_matching)
+
+
+def _weighted(name: str, variants: tuple[str, ...] = ("mmfa", "face_vid2vid")) -> Callable:
+  return lambda loss, variant: variant in variants and loss[name] > 0
+
+
+# The generator's loss terms in summation order: {name: (enabled(loss config, variant), term)}.
+# A term's weight is applied inside it (some weight per layer or per scale).
+GENERATOR_TERMS: dict[str, tuple[Callable[[Any, str], bool], Callable[[TermInputs], jax.Array]]] = {
+  "perceptual": (lambda loss, variant: True, _perceptual),
+  "vggface": (_weighted("vggface"), _vggface),
+  "generator_gan": (_gan_enabled, _generator_gan),
+  "feature_matching": (_gan_enabled, _feature_matching),
+  "equivariance": (_weighted("equivariance"), _equivariance),
+  "keypoint_prior": (_weighted("keypoint_prior"), _keypoint_prior),
+  "deformation_prior": (_weighted("deformation_prior"), _deformation_prior),
+  "representation": (_weighted("representation", ("mmfa",)), _representation),
+  "identity": (_weighted("identity", ("mmfa",)), _identity),
+  "headpose": (_weighted("headpose", ("face_vid2vid",)), _headpose),
+  "landmark": (_weighted("landmark"), _landmark),
+}
 
 
 def sample_outputs(out: Mapping[str, Any]) -> dict[str, jax.Array]:

@@ -15,9 +15,7 @@ The networks, the forward pass and the loss terms are in ``objective.py``; the m
 from __future__ import annotations
 
 import functools
-import json
 import os
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +28,7 @@ from jax.sharding import Mesh
 
 from mmfa_jax.checkpoints import load_pretrained
 from mmfa_jax.initialization import evaluate_on_host
+from mmfa_jax.metric_logs import MetricWindow, MetricWriter
 from mmfa_jax.objective import (
   LandmarkNetwork,
   Networks,
@@ -41,12 +40,42 @@ from mmfa_jax.ops.pyramid import image_pyramid
 from mmfa_jax.sharding import batch_sharding, local_rows, make_mesh, put_replicated, replicated
 from mmfa_jax.train_state import TrainState, apply_gradients, make_optimizer, step_schedule
 
-# Metrics summed over a logging window (counts); every other metric is averaged.
-COUNTED_METRICS = ("generator_skipped", "discriminator_skipped", "skipped_samples")
-
-
 # --------------------------------------------------------------------------------------------
 # Train step
+
+
+def adversarial_update(
+  generator: TrainState,
+  discriminator: TrainState,
+  generator_loss: Callable[[Any], tuple[jax.Array, dict[str, Any]]],
+  discriminator_loss: Callable[[Any, dict[str, Any]], tuple[jax.Array, Any]],
+) -> tuple[TrainState, TrainState, dict[str, Any], dict[str, jax.Array]]:
+  """One GAN step (MMFA's and the expression VAE's): the generator update, then the discriminator
+  update on what the generator's loss produced.
+
+  ``generator_loss(params) -> (loss, aux)`` with ``aux["batch_stats"]`` the generator's new
+  statistics; ``discriminator_loss(params, aux) -> (loss, new statistics)``, where it detaches
+  the generated samples. A side whose loss or gradients are not finite keeps its parameters
+  (``apply_gradients``). Returns ``(generator, discriminator, aux, facts)`` with facts
+  ``generator_loss``, ``discriminator_gan``, ``generator_skipped``, ``discriminator_skipped``.
+  """
+  (g_loss, aux), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(generator.params)
+  new_generator, g_skipped = apply_gradients(generator, g_grads, aux["batch_stats"], loss=g_loss)
+  d_grad_fn = jax.value_and_grad(discriminator_loss, has_aux=True)
+  (d_loss, d_stats), d_grads = d_grad_fn(discriminator.params, aux)
+  new_discriminator, d_skipped = apply_gradients(discriminator, d_grads, d_stats, loss=d_loss)
+  facts = dict(
+    generator_loss=g_loss,
+    discriminator_gan=d_loss,
+    generator_skipped=g_skipped,
+    discriminator_skipped=d_skipped,
+  )
+  return new_generator, new_discriminator, aux, facts
+
+
+def skipped_samples(batch: Mapping[str, jax.Array]) -> jax.Array:
+  """How many samples of the batch the input pipeline replaced (unreadable videos)."""
+  return jnp.sum(batch["skipped"]) if "skipped" in batch else jnp.zeros((), jnp.int32)
 
 
 def train_step(
@@ -57,40 +86,29 @@ def train_step(
   batch: Mapping[str, jax.Array],
   key: jax.Array,
 ) -> tuple[TrainState, TrainState, dict[str, jax.Array], dict[str, Any]]:
-  """Generator update, then discriminator update on the (detached) new prediction.
+  """MMFA's (or face-vid2vid's) step: ``adversarial_update`` with the objective's generator loss
+  and the discriminator on the (detached) new prediction against the driving frame.
 
-  A side whose loss or gradients are not finite keeps its parameters (``apply_gradients``); the
-  metrics say so (``generator_skipped``, ``discriminator_skipped``). The fourth output holds what
-  the sample grid shows (``sample_outputs``), from this step's forward pass: the grid costs no
-  second forward pass and no compilation of its own.
+  The metrics are the loss terms, the update's facts and ``skipped_samples``. The fourth output
+  holds what the sample grid shows (``sample_outputs``), from this step's forward pass: the grid
+  costs no second forward pass and no compilation of its own.
   """
   rng = jax.random.fold_in(key, generator.step)
-  grad_fn = jax.value_and_grad(objective.generator_loss, has_aux=True)
-  (g_loss, aux), g_grads = grad_fn(
-    generator.params,
-    generator.batch_stats,
-    (discriminator.params, discriminator.batch_stats),
-    frozen,
-    batch,
-    rng,
-  )
-  new_generator, g_skipped = apply_gradients(generator, g_grads, aux["batch_stats"], loss=g_loss)
+  disc_variables = (discriminator.params, discriminator.batch_stats)
 
-  prediction = aux["out"]["generated"]["prediction"]
-  d_grad_fn = jax.value_and_grad(objective.discriminator_loss, has_aux=True)
-  (d_loss, d_stats), d_grads = d_grad_fn(
-    discriminator.params, aux["disc_stats"], batch["driving"], prediction
-  )
-  new_discriminator, d_skipped = apply_gradients(discriminator, d_grads, d_stats, loss=d_loss)
+  def generator_loss(params: Any) -> tuple[jax.Array, dict[str, Any]]:
+    return objective.generator_loss(
+      params, generator.batch_stats, disc_variables, frozen, batch, rng
+    )
 
-  metrics = dict(aux["terms"])
-  metrics.update(
-    generator_loss=g_loss,
-    discriminator_gan=d_loss,
-    generator_skipped=g_skipped,
-    discriminator_skipped=d_skipped,
-    skipped_samples=jnp.sum(batch["skipped"]) if "skipped" in batch else jnp.zeros((), jnp.int32),
+  def discriminator_loss(params: Any, aux: dict[str, Any]) -> tuple[jax.Array, Any]:
+    prediction = aux["out"]["generated"]["prediction"]
+    return objective.discriminator_loss(params, aux["disc_stats"], batch["driving"], prediction)
+
+  new_generator, new_discriminator, aux, facts = adversarial_update(
+    generator, discriminator, generator_loss, discriminator_loss
   )
+  metrics = {**aux["terms"], **facts, "skipped_samples": skipped_samples(batch)}
   return new_generator, new_discriminator, metrics, sample_outputs(aux["out"])
 
 
@@ -275,71 +293,6 @@ class Trainer(StepRunner):
 
 
 # --------------------------------------------------------------------------------------------
-# Logs
-
-
-def _summary_writer_class() -> type | None:
-  """tensorboardX's ``SummaryWriter``, else torch's when ``tensorboard`` is installed, else None.
-
-  Looks before importing: torch's writer needs the ``tensorboard`` package, and importing torch
-  only to find it missing cost 1.5-2.3 s of every run's start-up."""
-  import importlib.util
-
-  if importlib.util.find_spec("tensorboardX") is not None:
-    from tensorboardX import SummaryWriter
-
-    return SummaryWriter
-  if importlib.util.find_spec("tensorboard") is not None and importlib.util.find_spec("torch"):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter
-  return None
-
-
-class MetricWriter:
-  """Scalars to ``WORKDIR/metrics.jsonl`` (one JSON object per line), the console and, when
-  ``tensorboardX`` (or torch with ``tensorboard``) is installed, TensorBoard event files in
-  ``WORKDIR/tensorboard``. Only process 0 writes (the others' writers are no-ops)."""
-
-  def __init__(self, workdir: str, enabled: bool = True):
-    self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tensorboard = None
-    if not enabled:
-      return
-    os.makedirs(workdir, exist_ok=True)
-    SummaryWriter = _summary_writer_class()
-    if SummaryWriter is None:
-      logging.info("TensorBoard writer not installed (pip install tensorboardX); JSONL only")
-    else:
-      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-  def write(self, step: int, scalars: Mapping[str, float]) -> None:
-    if not self.enabled:
-      return
-    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    with open(self.path, "a") as handle:
-      handle.write(json.dumps(record) + "\n")
-    logging.info(
-      "step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step")
-    )
-    if self._tensorboard is not None:
-      for key, value in scalars.items():
-        self._tensorboard.add_scalar(key, float(value), int(step))
-      self._tensorboard.flush()
-
-  def close(self) -> None:
-    if self._tensorboard is not None:
-      self._tensorboard.close()
-
-
-def read_metrics(workdir: str) -> list[dict[str, float]]:
-  """The records of ``WORKDIR/metrics.jsonl``, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as handle:
-    return [json.loads(line) for line in handle if line.strip()]
-
-
-# --------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -369,6 +322,59 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.replace(f"{path}.tmp", path)
 
 
+def _startup_facts(compiles: Any) -> dict[str, float]:
+  """How the run started (logged with its first record): seconds from process start to the end of
+  the first step and what XLA compiled or loaded from the cache until then."""
+  from mmfa_jax.compilation_cache import seconds_since_process_start
+
+  compiles.stop()
+  facts = dict(
+    startup_seconds=seconds_since_process_start() or float("nan"),
+    compiled_programs=compiles.compiled,
+    compile_seconds=compiles.compile_seconds,
+    cached_programs=compiles.loaded,
+    cache_load_seconds=compiles.load_seconds,
+  )
+  logging.info(
+    "first step finished %.1f s after the process started; %s",
+    facts["startup_seconds"],
+    compiles.summary(),
+  )
+  return facts
+
+
+def _first_states(trainer: StepRunner, checkpoints: Any, iterator: Any) -> tuple[Any, Any, int]:
+  """``(generator, discriminator, step)``: restored from the latest checkpoint (the data
+  iterator too) or initial."""
+  latest = checkpoints.latest_step()
+  if latest is None:
+    return (*trainer.init_states(), 0)
+  generator, discriminator = checkpoints.restore(latest, *trainer.abstract_states(), iterator)
+  logging.info("resumed from %s at step %d", checkpoints.directory, int(generator.step))
+  return generator, discriminator, int(generator.step)
+
+
+def _save_sample_grid(
+  trainer: StepRunner,
+  outputs: Any,
+  local_batch: Mapping[str, np.ndarray],
+  directory: str,
+  step: int,
+) -> None:
+  """``DIRECTORY/step_NNNNNNN.png`` from this step's outputs (process 0 writes it)."""
+  from mmfa_jax.visualize import save_png
+
+  grid = trainer.sample_grid(outputs, local_batch)
+  if jax.process_index() == 0 and grid is not None:
+    save_png(os.path.join(directory, f"step_{step:07d}.png"), grid)
+
+
+def _progress_bar(step: int, end: int) -> Any:
+  from tqdm import tqdm
+
+  return tqdm(total=end, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -384,8 +390,7 @@ def train_and_evaluate(
   ``cached_programs`` and ``cache_load_seconds`` (what the compilation cache provided instead).
   """
   from mmfa_jax.checkpoints import TrainingCheckpoints
-  from mmfa_jax.compilation_cache import CompileCounter, seconds_since_process_start
-  from mmfa_jax.visualize import save_png
+  from mmfa_jax.compilation_cache import CompileCounter
 
   compiles = CompileCounter().start()
   train = config.train
@@ -399,29 +404,14 @@ def train_and_evaluate(
     os.path.join(workdir, "checkpoints"), train.keep_checkpoints, train.async_checkpoints
   )
   iterator = make_train_iterator(config, train.seed)
-  latest = checkpoints.latest_step()
-  if latest is None:
-    generator, discriminator = trainer.init_states()
-    start = 0
-  else:
-    generator, discriminator = checkpoints.restore(latest, *trainer.abstract_states(), iterator)
-    start = int(generator.step)
-    logging.info("resumed from %s at step %d", checkpoints.directory, start)
+  generator, discriminator, step = _first_states(trainer, checkpoints, iterator)
   key = put_replicated(jax.random.key(train.seed + 1), trainer.mesh)
   end = train.num_steps
   if train.get("stop_after_steps"):
-    end = min(end, start + train.stop_after_steps)
+    end = min(end, step + train.stop_after_steps)
   writer = MetricWriter(workdir, enabled=is_main)
-  progress = None
-  if is_main and train.progress_bar and start < end:
-    from tqdm import tqdm
-
-    progress = tqdm(total=end, initial=start, desc="train", unit="step", dynamic_ncols=True)
-
-  window, window_steps, window_start = None, 0, time.perf_counter()
-  totals = {name: 0 for name in COUNTED_METRICS}
-  startup = None  # start-up facts, logged with the first record
-  step = start
+  progress = _progress_bar(step, end) if is_main and train.progress_bar and step < end else None
+  window, startup = MetricWindow(), None  # start-up facts: logged with the first record
   try:
     while step < end:
       local = next(iterator)
@@ -429,49 +419,22 @@ def train_and_evaluate(
       generator, discriminator, metrics, outputs = trainer.step(
         generator, discriminator, batch, key
       )
-      # Accumulated on the device, fetched only when logging (no per-step host sync).
-      window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
-      window_steps += 1
+      window.add(metrics)
       step += 1
       if startup is None:
         jax.block_until_ready(metrics)
-        compiles.stop()
-        startup = dict(
-          startup_seconds=seconds_since_process_start() or float("nan"),
-          compiled_programs=compiles.compiled,
-          compile_seconds=compiles.compile_seconds,
-          cached_programs=compiles.loaded,
-          cache_load_seconds=compiles.load_seconds,
-        )
-        logging.info(
-          "first step finished %.1f s after the process started; %s",
-          startup["startup_seconds"],
-          compiles.summary(),
-        )
+        startup = _startup_facts(compiles)
       if progress is not None:
         progress.update(1)
       if step % train.log_every == 0 or step == end:
-        values = jax.device_get(window)
-        elapsed = time.perf_counter() - window_start
-        scalars = {
-          k: float(v) if k in COUNTED_METRICS else float(v) / window_steps
-          for k, v in values.items()
-        }
-        for name in COUNTED_METRICS:
-          totals[name] += int(values[name])
-          scalars[f"total_{name}"] = totals[name]
-        scalars.update(trainer.learning_rates(step - 1))
-        scalars["images_per_second"] = window_steps * config.data.batch_size / elapsed
+        scalars = window.scalars(config.data.batch_size, trainer.learning_rates(step - 1))
         scalars.update(startup)
         startup = {}
         writer.write(step, scalars)
         if progress is not None:
           progress.set_postfix(loss=f"{scalars[trainer.progress_metric]:.3f}")
-        window, window_steps, window_start = None, 0, time.perf_counter()
       if train.sample_every and (step % train.sample_every == 0 or step == end):
-        grid = trainer.sample_grid(outputs, local)
-        if is_main and grid is not None:
-          save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
+        _save_sample_grid(trainer, outputs, local, os.path.join(workdir, "samples"), step)
       if step % train.checkpoint_every == 0 or step == end:
         checkpoints.save(step, generator, discriminator, iterator)
   finally:

@@ -37,8 +37,8 @@ from mmfa_jax.initialization import evaluate_on_host
 from mmfa_jax.models.animation import animation_model_from_config
 from mmfa_jax.models.expression_vae import ExpressionVAE, LatentDiscriminator
 from mmfa_jax.sharding import put_replicated
-from mmfa_jax.train import StepRunner
-from mmfa_jax.train_state import TrainState, apply_gradients
+from mmfa_jax.train import StepRunner, adversarial_update, skipped_samples
+from mmfa_jax.train_state import TrainState
 
 
 def _expression_features(model: Any, frames: jax.Array) -> jax.Array:
@@ -213,25 +213,28 @@ class VAETrainer(StepRunner):
     feature_stats = updated["batch_stats"]
     rng = jax.random.fold_in(key, vae.step)
     kl_weight = self.kl_weight(vae.step)
-    (vae_loss, aux), grads = jax.value_and_grad(self._vae_loss, has_aux=True)(
-      vae.params, feature_stats, discriminator, features, rng, kl_weight
+
+    def vae_loss(params: Any) -> tuple[jax.Array, dict[str, Any]]:
+      value, aux = self._vae_loss(params, feature_stats, discriminator, features, rng, kl_weight)
+      return value, {**aux, "batch_stats": feature_stats}  # the VAE's statistics: features'
+
+    def disc_loss(params: Any, aux: dict[str, Any]) -> tuple[jax.Array, Any]:
+      return self._disc_loss(params, aux["disc_stats"], aux["real"], aux["fake"])
+
+    new_vae, new_discriminator, aux, facts = adversarial_update(
+      vae, discriminator, vae_loss, disc_loss
     )
-    new_vae, vae_skipped = apply_gradients(vae, grads, feature_stats, loss=vae_loss)
-    (d_loss, d_stats), d_grads = jax.value_and_grad(self._disc_loss, has_aux=True)(
-      discriminator.params, aux["disc_stats"], aux["real"], aux["fake"]
-    )
-    new_discriminator, d_skipped = apply_gradients(discriminator, d_grads, d_stats, loss=d_loss)
     metrics = dict(aux["terms"])
     metrics.update(
-      vae_loss=vae_loss,
-      discriminator_gan=d_loss,
+      vae_loss=facts["generator_loss"],
+      discriminator_gan=facts["discriminator_gan"],
       kl_weight=kl_weight,
       kl_per_dim=aux["kl_unweighted"] / self.vae.latent_dim,
       prior_spread=aux["prior_spread"],
       feature_spread=_spread(features),
-      generator_skipped=vae_skipped,
-      discriminator_skipped=d_skipped,
-      skipped_samples=jnp.sum(batch["skipped"]) if "skipped" in batch else jnp.zeros((), jnp.int32),
+      generator_skipped=facts["generator_skipped"],
+      discriminator_skipped=facts["discriminator_skipped"],
+      skipped_samples=skipped_samples(batch),
     )
     return new_vae, new_discriminator, metrics, {}  # no sample-grid outputs
 

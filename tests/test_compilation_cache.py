@@ -12,7 +12,7 @@ import pytest
 from tool_runner import ROOT
 
 from mmfa_jax import compilation_cache
-from mmfa_jax.train import read_metrics
+from mmfa_jax.metric_logs import read_metrics
 
 
 def test_cache_directory_follows_the_environment(monkeypatch, tmp_path):
@@ -160,9 +160,9 @@ def test_metric_writer_imports_torch_only_for_an_installed_tensorboard(tmp_path)
   script = textwrap.dedent(
     f"""
     import importlib.util, json, sys
-    from mmfa_jax import train
+    from mmfa_jax import metric_logs
     before = "torch" in sys.modules
-    writer = train.MetricWriter({str(tmp_path / "run")!r})
+    writer = metric_logs.MetricWriter({str(tmp_path / "run")!r})
     writer.write(3, {{"loss": 0.5}})
     print(json.dumps({{"before": before, "after": "torch" in sys.modules,
                       "tensorboard": writer._tensorboard is not None,
@@ -185,7 +185,7 @@ def test_metric_writer_imports_torch_only_for_an_installed_tensorboard(tmp_path)
 def test_summary_writer_choice(monkeypatch):
   import importlib.util
 
-  from mmfa_jax import train
+  from mmfa_jax import metric_logs
 
   real = importlib.util.find_spec
   monkeypatch.setattr(
@@ -193,4 +193,4 @@ def test_summary_writer_choice(monkeypatch):
     "find_spec",
     lambda name, *a: None if name in ("tensorboard", "tensorboardX") else real(name, *a),
   )
-  assert train._summary_writer_class() is None
+  assert metric_logs._summary_writer_class() is None

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from configs import synthetic
+from mmfa_jax.metric_logs import read_metrics
 from mmfa_jax.objective import required_pretrained
 from mmfa_jax.sharding import make_mesh
-from mmfa_jax.train import Trainer, read_metrics, train_and_evaluate
+from mmfa_jax.train import Trainer, train_and_evaluate
 
 STEPS = 4
 # Overrides shared by every run of this module (in-process and command line), so that the runs

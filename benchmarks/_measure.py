@@ -22,3 +22,25 @@ def append_json(path: str | None, record: dict) -> None:
   if path:
     with open(path, "a") as handle:
       handle.write(json.dumps(record) + "\n")
+
+
+def random_model(config, seed: int = 0) -> tuple[dict, dict]:
+  """``(variables, frozen)`` of ``config.model``'s animation model, made without compiling: the
+  model's initial variables and random variables of the frozen networks it reads (the MMFA
+  Hopenet; the values do not change the cost)."""
+  import numpy as np
+
+  from mmfa_jax.initialization import init_variables
+  from mmfa_jax.models import Hopenet, animation_model_from_config, variant_from_config
+  from mmfa_jax.models.motion import zero_head_pose
+
+  size = config.image_size
+  image = np.zeros((1, size, size, 3), np.float32)
+  poses = (zero_head_pose(1), zero_head_pose(1))
+  model = animation_model_from_config(config.model)
+  variables = init_variables(model, seed, image, image, False, poses)
+  frozen = {}
+  if variant_from_config(config.model).frozen_pose:
+    hopenet = Hopenet(**dict(config.model.hopenet))
+    frozen["hopenet"] = init_variables(hopenet, seed, np.zeros((1, 224, 224, 3), np.float32))
+  return variables, frozen

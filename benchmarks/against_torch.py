@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 
 
 def load_config(name: str):
-  """``configs.<module>.get_config()``; ``module:argument`` passes the argument (test_tiny:face_vid2vid)."""
+  """``configs.<module>.get_config()``; ``module:argument`` passes the argument (synthetic:tiny:face_vid2vid)."""
   module, _, argument = name.partition(":")
   get_config = importlib.import_module(f"configs.{module}").get_config
   return get_config(argument) if argument else get_config()

@@ -20,7 +20,7 @@ import importlib
 import statistics
 import time
 
-from _measure import append_json, peak_memory_gib
+from _measure import append_json, peak_memory_gib, random_model
 
 
 def main() -> None:
@@ -38,15 +38,12 @@ def main() -> None:
 
   from mmfa_jax.compilation_cache import enable_compilation_cache
   from mmfa_jax.inference import Animator
-  from mmfa_jax.initialization import init_variables
-  from mmfa_jax.models import animation_model_from_config
 
   enable_compilation_cache()  # MMFA_JAX_CACHE_DIR=none measures cold first calls
 
   config = importlib.import_module(f"configs.{args.config}").get_config()
   size = config.image_size
-  image = np.zeros((1, size, size, 3), np.float32)
-  variables = init_variables(animation_model_from_config(config.model), 0, image, image)
+  variables, frozen = random_model(config)
   device = jax.devices()[0]
   rng = np.random.default_rng(0)
   source = rng.uniform(size=(size, size, 3)).astype(np.float32)
@@ -54,7 +51,9 @@ def main() -> None:
   print(f"{args.config}: {size}x{size}, {device.device_kind} ({device.platform})")
   print(f"{'batch':>5} {'first s':>10} {'s/batch':>8} {'frames/s':>9} {'peak GiB':>9}")
   for batch_size in args.batch_sizes:
-    animator = Animator(config.model, variables, image_size=size, batch_size=batch_size)
+    animator = Animator(
+      config.model, variables, image_size=size, batch_size=batch_size, frozen=frozen
+    )
     start = time.perf_counter()
     state = jax.block_until_ready(animator.encode_source(source))
     encode_seconds = time.perf_counter() - start  # compile + run, the first time

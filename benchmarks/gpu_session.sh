@@ -4,7 +4,7 @@
 # knobs, everything written to $OUT as it arrives. Dry-run it on a CPU first:
 #
 #   OUT=/tmp/out GPU_SESSION_CONFIGS=synthetic GPU_SESSION_BATCH=2 GPU_SESSION_BUDGET=900 \
-#     GPU_SESSION_TORCH_CONFIG=test_tiny:face_vid2vid \
+#     GPU_SESSION_TORCH_CONFIG=synthetic:tiny:face_vid2vid \
 #     bash benchmarks/gpu_session.sh
 #
 # On the device (carry .whl: grain, ml_collections, array_record, importlib_resources, ... as

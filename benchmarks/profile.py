@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from _measure import append_json
+from _measure import append_json, random_model
 
 ANIMATE_MODULE = "animate_batch"
 
@@ -50,16 +50,17 @@ def _animate(args, dump_dir: str) -> tuple[str, object]:
   import numpy as np
 
   from mmfa_jax.inference import Animator
-  from mmfa_jax.initialization import init_variables
-  from mmfa_jax.models import animation_model_from_config
 
   config = importlib.import_module(f"configs.{args.config}").get_config()
   size = config.image_size
-  image = np.zeros((1, size, size, 3), np.float32)
-  model = animation_model_from_config(config.model)
-  variables = init_variables(model, 0, image, image)
+  variables, frozen = random_model(config)
   animator = Animator(
-    config.model, variables, image_size=size, batch_size=args.batch_size, dtype=args.dtype
+    config.model,
+    variables,
+    image_size=size,
+    batch_size=args.batch_size,
+    dtype=args.dtype,
+    frozen=frozen,
   )
   rng = np.random.default_rng(0)
   state = jax.block_until_ready(animator.encode_source(rng.uniform(size=(size, size, 3))))

@@ -57,7 +57,7 @@ def build_step(config_name: str, batch_size: int, dtype: str) -> dict:
   from mmfa_jax.sharding import make_mesh, replicated
   from mmfa_jax.train import Trainer
 
-  module, _, argument = config_name.partition(":")  # e.g. test_tiny:face_vid2vid
+  module, _, argument = config_name.partition(":")  # e.g. synthetic:tiny:face_vid2vid
   get_config = importlib.import_module(f"configs.{module}").get_config
   config = get_config(argument) if argument else get_config()
   config.data.batch_size = batch_size

@@ -8,6 +8,11 @@ loss compares the image pyramids themselves (``loss.perceptual_features='pixels'
 VGG-Face). Every other loss term of MMFA is on.
 
 ``--config=configs/synthetic.py:tiny`` is the same with the smallest widths, for tests.
+``:tiny:mmfa`` and ``:tiny:face_vid2vid`` are the tiny networks, a few narrower still, on vox.py's
+set-up instead (the frozen pretrained Hopenet, VoxCeleb data): the model variant MMFA (multi-scale
+generator) or face-vid2vid (SPADE generator), for the tests that build models and compare them
+with their PyTorch twins (``tools/convert_torch_weights.py face_vid2vid
+--config=configs/synthetic.py:tiny:face_vid2vid`` converts a checkpoint of that size).
 """
 
 from __future__ import annotations
@@ -16,11 +21,20 @@ import ml_collections
 
 from configs import vox
 
+VARIANTS = ("mmfa", "face_vid2vid")  # of "tiny:VARIANT"
 
-def get_config(size: str = "small") -> ml_collections.ConfigDict:
-  """``size``: "small" (the README job) or "tiny" (tests: seconds per step on a CPU)."""
-  if size not in ("small", "tiny"):
-    raise ValueError(f"configs/synthetic.py takes 'small' or 'tiny', got {size!r}")
+
+def get_config(arg: str = "small") -> ml_collections.ConfigDict:
+  """``arg``: "small" (the README job), "tiny" (tests: seconds per step on a CPU) or
+  "tiny:mmfa" / "tiny:face_vid2vid" (tiny networks on vox.py's set-up, the module docstring)."""
+  size, colon, variant = arg.partition(":")
+  if size not in ("small", "tiny") or (colon and (size != "tiny" or variant not in VARIANTS)):
+    raise ValueError(
+      "configs/synthetic.py takes 'small' or 'tiny' (or 'tiny:mmfa', 'tiny:face_vid2vid'), "
+      f"got {arg!r}"
+    )
+  if colon:
+    return _tiny_networks_on_vox(variant)
   tiny = size == "tiny"
   config = vox.get_config()
   config.image_size = 64
@@ -33,6 +47,24 @@ def get_config(size: str = "small") -> ml_collections.ConfigDict:
 
   model = config.model
   model.pose_network = "learned"
+  _networks(model, tiny)
+
+  config.loss.update(dict(perceptual_features="pixels", vggface=0.0, perceptual_min_size=16))
+  config.optim.update(dict(learning_rate=5e-4, discriminator_learning_rate=5e-4, decay_at=(0.8,)))
+  config.train.update(
+    dict(
+      num_steps=20 if tiny else 200,  # small: ~2.4 s/step + ~2 min compiling on a 2-core CPU
+      log_every=5 if tiny else 10,
+      sample_every=10 if tiny else 50,
+      checkpoint_every=10 if tiny else 50,
+      keep_checkpoints=2,
+    )
+  )
+  return config
+
+
+def _networks(model: ml_collections.ConfigDict, tiny: bool) -> None:
+  """The network widths of "small" or "tiny" (MMFA's networks; the generator multi-scale)."""
   model.num_kp = 3 if tiny else 10
   w = 1 if tiny else 2  # width multiplier
   model.kp_detector.update(
@@ -64,15 +96,22 @@ def get_config(size: str = "small") -> ml_collections.ConfigDict:
   model.discriminator.update(dict(block_expansion=8 * w, max_features=64 * w))
   model.expression_vae.update(dict(feature_dim=16, latent_dim=4, hidden=(32, 32)))
 
-  config.loss.update(dict(perceptual_features="pixels", vggface=0.0, perceptual_min_size=16))
-  config.optim.update(dict(learning_rate=5e-4, discriminator_learning_rate=5e-4, decay_at=(0.8,)))
-  config.train.update(
-    dict(
-      num_steps=20 if tiny else 200,  # small: ~2.4 s/step + ~2 min compiling on a 2-core CPU
-      log_every=5 if tiny else 10,
-      sample_every=10 if tiny else 50,
-      checkpoint_every=10 if tiny else 50,
-      keep_checkpoints=2,
-    )
+
+def _tiny_networks_on_vox(variant: str) -> ml_collections.ConfigDict:
+  """vox.py with the tiny networks, the generator, dense motion and expression networks narrower
+  still, and face-vid2vid's HEEstimator tiny as well (``variant``: "mmfa" or "face_vid2vid")."""
+  config = vox.get_config()
+  config.image_size = 64
+  model = config.model
+  model.variant = variant
+  _networks(model, tiny=True)
+  model.feature_channels = 8
+  model.he_estimator.update(dict(block_expansion=8, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1)))
+  model.expression_encoder.latent_dim = 12
+  model.expression_decoder.hidden = (16,)
+  model.generator.update(
+    dict(kind="multiscale" if variant == "mmfa" else "spade", block_expansion=8, max_features=32)
   )
+  model.dense_motion.max_features = 32
+  model.expression_vae.update(dict(feature_dim=12, hidden=(16, 16)))
   return config

@@ -58,7 +58,7 @@ def animate(args: argparse.Namespace) -> None:
   cli.output_kind(args.output, driving.frames)  # refuse a bad output before any work
   animator = cli.load_animator(args)
   num_kp = animator.model_config.get("num_kp", 4)
-  if args.adapt_scale and animator.variant == "face_vid2vid" and num_kp < 4:
+  if animator.variant.convex_hull_scale("relative", args.adapt_scale) and num_kp < 4:
     raise cli.CommandError(
       f"{args.checkpoint}: --adapt-scale needs at least 4 keypoints (a 3D convex hull); this "
       f"model has {num_kp}"

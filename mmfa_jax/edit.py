@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mmfa_jax import cli
-from mmfa_jax.inference import ATTRIBUTES
+from mmfa_jax.editing import ATTRIBUTES
 
 SWEEPABLE = (*ATTRIBUTES, "expression_scale")
 

@@ -1,6 +1,6 @@
 """Loading an animation model for inference: ``load_model(directory)`` takes any mmfa_jax model
-checkpoint and gives the model config, the variables of the whole ``AnimationModel`` (a frozen
-MMFA Hopenet included), the input size and, for an expression-VAE run, the VAE.
+checkpoint and gives the model config, the variables of the ``AnimationModel``, the frozen
+networks it reads (the MMFA Hopenet), the input size and, for an expression-VAE run, the VAE.
 
 Directories it takes: a converted face-vid2vid checkpoint (``tools/convert_torch_weights.py
 face_vid2vid``; ``metadata.json``), a training run's workdir (MMFA or face-vid2vid;
@@ -24,8 +24,8 @@ from mmfa_jax.checkpoints import (
   read_metadata,
   read_run_config,
 )
-from mmfa_jax.models.animation import with_frozen_pose_network
 from mmfa_jax.models.expression_vae import ExpressionVAE
+from mmfa_jax.models.variants import FaceVid2Vid, require_variant, variant_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,13 +36,15 @@ class CheckpointKindError(ConvertedWeightsError):
 
 class LoadedModel(NamedTuple):
   """What ``load_model`` gives: ``model_config`` (the config's ``model`` section, ``variant``
-  set), ``variables`` (``{'params', 'batch_stats'}`` of the whole ``AnimationModel``), ``vae``
-  (``(ExpressionVAE, variables)`` or None) and ``image_size`` (pixels, square)."""
+  set), ``variables`` (``{'params', 'batch_stats'}`` of the ``AnimationModel``), ``vae``
+  (``(ExpressionVAE, variables)`` or None), ``image_size`` (pixels, square) and ``frozen``
+  (``{kind: variables}`` of the frozen networks the model reads: ``'hopenet'`` for MMFA)."""
 
   model_config: ml_collections.ConfigDict
   variables: dict[str, Any]
   vae: tuple[ExpressionVAE, Any] | None
   image_size: int
+  frozen: dict[str, Any]
 
 
 def load_model(
@@ -74,11 +76,10 @@ def load_model(
       f"{directory}: not an mmfa_jax checkpoint (no metadata.json of a converted model, no "
       "config.json of a training run)"
     )
-  found = loaded.model_config.get("variant", "mmfa")
-  if variant is not None and found != variant:
-    raise CheckpointKindError(
-      f"{directory}: a {found} checkpoint, but a {variant} one is needed here"
-    )
+  try:
+    require_variant(loaded.model_config, variant)
+  except ValueError as error:
+    raise CheckpointKindError(f"{directory}: {error}") from None
   return loaded
 
 
@@ -107,10 +108,10 @@ def _load_converted(directory: str) -> LoadedModel:
     config = _config_from_file(metadata.get("config") or "configs/vox_face_vid2vid.py")
     model_config, image_size = config.model, config.image_size
   with model_config.unlocked():
-    model_config.variant = "face_vid2vid"
+    model_config.variant = FaceVid2Vid.name
     model_config.generator.kind = metadata.get("generator") or model_config.generator.kind
   variables, _ = load_converted(directory, "face_vid2vid")
-  return LoadedModel(model_config, variables["model"], None, image_size)
+  return LoadedModel(model_config, variables["model"], None, image_size, {})
 
 
 def _load_run(directory: str, step: int | None, hopenet: Any) -> LoadedModel:
@@ -131,13 +132,13 @@ def _load_run(directory: str, step: int | None, hopenet: Any) -> LoadedModel:
     )
   else:
     config, variables, _ = load_training_run(directory, step)
-  model = config.model
-  if model.get("variant", "mmfa") == "mmfa" and model.get("pose_network", "hopenet") == "hopenet":
+  frozen = {}
+  if variant_from_config(config.model).frozen_pose:
     source = hopenet or config.get("pretrained", {}).get("hopenet")
     if not source:
       raise CheckpointKindError(
         f"{directory}: this MMFA model uses the frozen Hopenet, which is not part of the run; "
         "pass the converted Hopenet directory (--hopenet DIR)"
       )
-    variables = with_frozen_pose_network(variables, load_converted(source, "hopenet")[0])
-  return LoadedModel(model, variables, vae, config.image_size)
+    frozen["hopenet"] = load_converted(source, "hopenet")[0]
+  return LoadedModel(config.model, variables, vae, config.image_size, frozen)

@@ -2,8 +2,9 @@
 loss terms of MMFA (mmfa_delta.md) or face-vid2vid (architecture.md 9) as pure functions.
 
 The forward pass per pair follows mmfa_delta.md 13 (MMFA) or architecture.md 9 (face-vid2vid).
-Frozen networks are inputs of the step, not part of any train state: the MMFA Hopenet variables are
-put into the model's variable tree at ``motion_estimator/pose`` for the forward pass only.
+Frozen networks are inputs of the step, not part of any train state: the MMFA model's head pose
+comes from the frozen Hopenet's variables in ``frozen`` (``Variant.head_pose``), beside the trained
+variables, never inside them.
 """
 
 from __future__ import annotations
@@ -18,19 +19,13 @@ import ml_collections
 import numpy as np
 
 from mmfa_jax import losses
-from mmfa_jax.models.animation import (
-  DTYPES,
-  AnimationModel,
-  animation_model_from_config,
-  with_frozen_pose_network,
-  without_frozen_pose_network,
-)
+from mmfa_jax.models.animation import DTYPES, AnimationModel, animation_model_from_config
 from mmfa_jax.models.discriminator import MultiScaleDiscriminator
-from mmfa_jax.models.hopenet import Hopenet, prepare_hopenet_input
+from mmfa_jax.models.hopenet import Hopenet, hopenet_head_pose
 from mmfa_jax.models.perceptual import VGG19, VGGFace
+from mmfa_jax.models.variants import Variant, variant_from_config
 from mmfa_jax.ops.layers import sequential_running_statistics
 from mmfa_jax.ops.pyramid import image_pyramid
-from mmfa_jax.ops.rotation import bins_to_degrees
 from mmfa_jax.ops.tps import sample_similarity_transform, sample_tps_transform, warp_image
 
 
@@ -47,26 +42,9 @@ class LandmarkNetwork(Protocol):
   def apply(self, variables: Any, images: jax.Array) -> jax.Array: ...
 
 
-# --------------------------------------------------------------------------------------------
-# Variable trees
-
-
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-  for key in path:
-    if not isinstance(tree, Mapping) or key not in tree:
-      return None
-    tree = tree[key]
-  return tree
-
-
 def required_pretrained(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The frozen networks a config needs (kinds of ``config.pretrained``)."""
-  kinds = []
-  variant = config.model.get("variant", "mmfa")
-  if variant == "mmfa" and config.model.get("pose_network", "hopenet") == "hopenet":
-    kinds.append("hopenet")
-  if variant == "face_vid2vid" and config.loss.headpose > 0:
-    kinds.append("hopenet")
+  kinds = list(variant_from_config(config.model).frozen_networks(config.loss))
   if config.loss.perceptual_features == "vgg19":
     kinds.append("vgg19")
   elif config.loss.perceptual_features != "pixels":
@@ -147,9 +125,9 @@ def _canonical_keypoints(model: AnimationModel, image: jax.Array, train: bool) -
 
 
 def _frame_motion(
-  model: AnimationModel, image: jax.Array, canonical_kp: jax.Array, train: bool
+  model: AnimationModel, image: jax.Array, canonical_kp: jax.Array, head_pose: Any, train: bool
 ) -> dict[str, jax.Array]:
-  return model.motion_estimator.frame_motion(image, canonical_kp, train)
+  return model.motion_estimator.frame_motion(image, canonical_kp, train, head_pose)
 
 
 def _generate(
@@ -162,9 +140,24 @@ def _expression_latent(model: AnimationModel, image: jax.Array) -> jax.Array:
   return model.motion_estimator.exp_encoder(image, True)
 
 
+def _canonical_of_each(
+  model: AnimationModel, variables: Mapping[str, Any], frames: list[jax.Array]
+) -> tuple[jax.Array, Any]:
+  """Canonical keypoints ``(N, B, K, 3)`` of N frame batches (train mode) and the new
+  batch_stats; one frame batch is one plain call."""
+  if len(frames) > 1:
+    return _motion_of_each(model, variables, _canonical_keypoints, jnp.stack(frames))
+  one, updated = model.apply(
+    variables, frames[0], True, method=_canonical_keypoints, mutable=["batch_stats"]
+  )
+  return one[None], updated["batch_stats"]
+
+
 def training_forward(
   model: AnimationModel,
+  variant: Variant,
   variables: Mapping[str, Any],
+  frozen: Mapping[str, Any],
   source: jax.Array,
   driving: jax.Array,
   transformed: jax.Array,
@@ -173,34 +166,34 @@ def training_forward(
 ) -> tuple[dict[str, Any], Any]:
   """One training forward pass (train mode); returns ``(outputs, new batch_stats)``.
 
-  MMFA (mmfa_delta 13): canonical keypoints of the source, of the TPS-warped driving frame and
+  ``variables``: trained; ``frozen``: the frozen networks' (``Variant.head_pose``). MMFA (mmfa_delta 13): canonical keypoints of the source, of the TPS-warped driving frame and
   (for the identity loss) of the driving frame; motion of source and driving on the source's
   canonical keypoints and of the warped frame on its **own** (equivariance); generated frames; the
   expression latent of the augmented driving frame. face-vid2vid (architecture.md 9): canonical
   keypoints of the source only; every motion on them, as the reference.
 
-  Repeated calls of one network (canonical keypoints of up to three frames, the motion of three)
-  run batched (``_motion_of_each``); BatchNorm's running statistics are updated as if the calls
-  ran one after another in the order listed here.
+  Repeated calls of one network run batched (``_motion_of_each``); BatchNorm's running
+  statistics are updated as if the calls ran one after another in the order listed here.
   """
-  mmfa = model.variant == "mmfa"
-  if mmfa:
-    frames = [source, transformed] + ([driving] if with_identity else [])
-    canonical, stats = _motion_of_each(model, variables, _canonical_keypoints, jnp.stack(frames))
-  else:  # one call: no batching needed
-    one, updated = model.apply(
-      variables, source, True, method=_canonical_keypoints, mutable=["batch_stats"]
-    )
-    canonical, stats = one[None], updated["batch_stats"]
+  own_canonical = variant.own_transformed_canonical
+  canonical, stats = _canonical_of_each(
+    model,
+    variables,
+    [source, transformed] + ([driving] if with_identity else []) if own_canonical else [source],
+  )
   canonical_kp = canonical[0]  # (B, K, 3)
-  transformed_canonical = canonical[1] if mmfa else canonical_kp
+  transformed_canonical = canonical[1] if own_canonical else canonical_kp
   variables = {**variables, "batch_stats": stats}
+  frames = jnp.stack([source, driving, transformed])  # (3, B, H, W, 3)
+  head_poses = variant.head_pose(frozen, frames.reshape(-1, *frames.shape[2:]), model.dtype)
+  head_poses = jax.tree.map(lambda x: x.reshape(frames.shape[:2]), head_poses)  # (3, B) each
   motions, stats = _motion_of_each(
     model,
     variables,
     _frame_motion,
-    jnp.stack([source, driving, transformed]),  # (3, B, H, W, 3)
+    frames,
     jnp.stack([canonical_kp, canonical_kp, transformed_canonical]),  # (3, B, K, 3)
+    head_poses,
   )
   source_motion, driving_motion, transformed_motion = (
     jax.tree.map(lambda x, i=i: x[i], motions) for i in range(3)
@@ -221,9 +214,9 @@ def training_forward(
     driving_motion=driving_motion,
     transformed_motion=transformed_motion,
   )
-  if mmfa and with_identity:
+  if own_canonical and with_identity:
     out["driving_canonical_kp"] = canonical[2]
-  if mmfa and augmented is not None:
+  if augmented is not None:
     variables = {**variables, "batch_stats": updated["batch_stats"]}
     out["augmented_latent"], updated = model.apply(
       variables, augmented, method=_expression_latent, mutable=["batch_stats"]
@@ -244,7 +237,7 @@ class Objective:
     self.config = config
     self.loss = config.loss
     self.nets = networks
-    self.variant = config.model.get("variant", "mmfa")
+    self.variant = variant_from_config(config.model)
     self.disc_scales = tuple(float(s) for s in config.model.discriminator.scales)
 
   # -- frozen feature extractors
@@ -254,20 +247,6 @@ class Objective:
       return (lambda images: [images]), weights[:1]
     vgg19, variables = self.nets.vgg19, frozen["vgg19"]
     return (lambda images: _float32(vgg19.apply(variables, images))), weights
-
-  def model_variables(self, params: Any, batch_stats: Any, frozen: Mapping[str, Any]) -> dict:
-    """The model's full variable tree: trained variables plus a frozen MMFA Hopenet."""
-    if self.variant == "mmfa" and "hopenet" in frozen:
-      return with_frozen_pose_network(
-        {"params": params, "batch_stats": batch_stats}, frozen["hopenet"]
-      )
-    return {"params": params, "batch_stats": batch_stats}
-
-  def trained_part(self, variables: Mapping[str, Any]) -> tuple[Any, Any]:
-    """(params, batch_stats) of a full model variable tree, less the frozen MMFA Hopenet."""
-    if self.variant == "mmfa" and self.config.model.get("pose_network", "hopenet") == "hopenet":
-      variables = without_frozen_pose_network(variables)
-    return variables["params"], variables.get("batch_stats", {})
 
   def discriminate(
     self, params: Any, batch_stats: Any, images: jax.Array
@@ -299,16 +278,18 @@ class Objective:
     transform = sample_tps_transform(tps_rng, batch_size, **dict(self.config.transform))
     transformed = warp_image(transform, driving)  # (B, H, W, 3)
     augmented = None
-    if self.variant == "mmfa" and loss.representation > 0:
+    if self.variant.trains_term("representation") and loss.representation > 0:
       similarity = dict(loss.similarity)
       similarity["scale_range"] = tuple(similarity["scale_range"])
       augmented = warp_image(
         sample_similarity_transform(similarity_rng, batch_size, **similarity), driving
       )
-    with_identity = self.variant == "mmfa" and loss.identity > 0
-    out, updated_stats = training_forward(
+    with_identity = self.variant.trains_term("identity") and loss.identity > 0
+    out, new_stats = training_forward(
       self.nets.model,
-      self.model_variables(params, batch_stats, frozen),
+      self.variant,
+      {"params": params, "batch_stats": batch_stats},
+      frozen,
       source,
       driving,
       transformed,
@@ -316,12 +297,11 @@ class Objective:
       with_identity,
     )
     out = _float32(out)
-    _, new_stats = self.trained_part({"params": params, "batch_stats": updated_stats})
     inputs = TermInputs(self, batch, frozen, out, transform, *disc_variables)
     terms = {
       name: compute(inputs)
       for name, (enabled, compute) in GENERATOR_TERMS.items()
-      if enabled(loss, self.variant)
+      if enabled(loss) and self.variant.trains_term(name)
     }
     total = sum(terms.values())
     return total, dict(terms=terms, batch_stats=new_stats, disc_stats=inputs.disc_stats, out=out)
@@ -444,9 +424,7 @@ def _identity(x: TermInputs) -> jax.Array:
 
 
 def _headpose(x: TermInputs) -> jax.Array:
-  hopenet = x.objective.nets.hopenet
-  logits = hopenet.apply(x.frozen["hopenet"], prepare_hopenet_input(x.batch["driving"]))
-  target = {k: bins_to_degrees(v.astype(jnp.float32)) for k, v in logits.items()}
+  target = hopenet_head_pose(x.objective.nets.hopenet, x.frozen["hopenet"], x.batch["driving"])
   return x.objective.loss.headpose * losses.headpose(x.driving_motion, target)
 
 
@@ -459,27 +437,28 @@ def _landmark(x: TermInputs) -> jax.Array:
   )
 
 
-def _gan_enabled(loss: Any, variant: str) -> bool:
+def _gan_enabled(loss: Any) -> bool:
   return loss.generator_gan > 0 or any(w > 0 for w in loss.feature_matching)
 
 
-def _weighted(name: str, variants: tuple[str, ...] = ("mmfa", "face_vid2vid")) -> Callable:
-  return lambda loss, variant: variant in variants and loss[name] > 0
+def _weighted(name: str) -> Callable[[Any], bool]:
+  return lambda loss: loss[name] > 0
 
 
-# The generator's loss terms in summation order: {name: (enabled(loss config, variant), term)}.
-# A term's weight is applied inside it (some weight per layer or per scale).
-GENERATOR_TERMS: dict[str, tuple[Callable[[Any, str], bool], Callable[[TermInputs], jax.Array]]] = {
-  "perceptual": (lambda loss, variant: True, _perceptual),
+# The generator's loss terms in summation order: {name: (enabled(loss config), term)}; a term
+# runs when enabled and its variant has it (``Variant.trains_term``). A term's weight is applied
+# inside it (some weight per layer or per scale).
+GENERATOR_TERMS: dict[str, tuple[Callable[[Any], bool], Callable[[TermInputs], jax.Array]]] = {
+  "perceptual": (lambda loss: True, _perceptual),
   "vggface": (_weighted("vggface"), _vggface),
   "generator_gan": (_gan_enabled, _generator_gan),
   "feature_matching": (_gan_enabled, _feature_matching),
   "equivariance": (_weighted("equivariance"), _equivariance),
   "keypoint_prior": (_weighted("keypoint_prior"), _keypoint_prior),
   "deformation_prior": (_weighted("deformation_prior"), _deformation_prior),
-  "representation": (_weighted("representation", ("mmfa",)), _representation),
-  "identity": (_weighted("identity", ("mmfa",)), _identity),
-  "headpose": (_weighted("headpose", ("face_vid2vid",)), _headpose),
+  "representation": (_weighted("representation"), _representation),
+  "identity": (_weighted("identity"), _identity),
+  "headpose": (_weighted("headpose"), _headpose),
   "landmark": (_weighted("landmark"), _landmark),
 }
 

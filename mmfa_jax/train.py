@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from mmfa_jax.checkpoints import load_pretrained
 from mmfa_jax.initialization import evaluate_on_host
 from mmfa_jax.metric_logs import MetricWindow, MetricWriter
+from mmfa_jax.models.motion import zero_head_pose
 from mmfa_jax.objective import (
   LandmarkNetwork,
   Networks,
@@ -38,7 +39,14 @@ from mmfa_jax.objective import (
 )
 from mmfa_jax.ops.pyramid import image_pyramid
 from mmfa_jax.sharding import batch_sharding, local_rows, make_mesh, put_replicated, replicated
-from mmfa_jax.train_state import TrainState, apply_gradients, make_optimizer, step_schedule
+from mmfa_jax.train_state import (
+  TrainState,
+  apply_gradients,
+  current_opt_state,
+  legacy_opt_state,
+  make_optimizer,
+  step_schedule,
+)
 
 # --------------------------------------------------------------------------------------------
 # Train step
@@ -143,16 +151,14 @@ class StepRunner:
       optim.discriminator_learning_rate, milestones, optim.decay
     )
 
-  def _optimizer(self, params: Any, schedule: Any) -> Any:
+  def _optimizer(self, schedule: Any) -> Any:
     optim = self.config.optim
     return make_optimizer(
-      params,
       schedule,
       b1=optim.b1,
       b2=optim.b2,
       eps=optim.get("eps", 1e-8),
       clip_norm=optim.clip_norm,
-      frozen_prefixes=(),
     )
 
   def _abstract(self, make_states: Callable[[Any], Any], seed: Any) -> Any:
@@ -237,12 +243,12 @@ class Trainer(StepRunner):
   def _states(
     self, model_variables: Mapping[str, Any], disc_variables: Mapping[str, Any]
   ) -> tuple[TrainState, TrainState]:
-    params, stats = self.objective.trained_part(model_variables)
-    generator = TrainState.create(params, stats, self._optimizer(params, self.generator_schedule))
+    params, stats = model_variables["params"], model_variables.get("batch_stats", {})
+    generator = TrainState.create(params, stats, self._optimizer(self.generator_schedule))
     discriminator = TrainState.create(
       disc_variables["params"],
       disc_variables.get("batch_stats", {}),
-      self._optimizer(disc_variables["params"], self.discriminator_schedule),
+      self._optimizer(self.discriminator_schedule),
     )
     return generator, discriminator
 
@@ -257,7 +263,8 @@ class Trainer(StepRunner):
     size = self.config.image_size
     image = jnp.zeros((1, size, size, self.config.image_channels), jnp.float32)
     model_key, disc_key = jax.random.split(jax.random.key(seed))
-    model_variables = self.networks.model.init(model_key, image, image)
+    head_poses = (zero_head_pose(1), zero_head_pose(1))  # shapes only: init reads no values
+    model_variables = self.networks.model.init(model_key, image, image, False, head_poses)
     pyramid = image_pyramid(image, self.objective.disc_scales)
     return self._states(model_variables, self.networks.discriminator.init(disc_key, pyramid))
 
@@ -270,10 +277,6 @@ class Trainer(StepRunner):
   def abstract_states(self) -> tuple[TrainState, TrainState]:
     """Shapes, dtypes and shardings of the states (restore targets), without computing them."""
     return self._abstract(self._initial_states, np.int32(0))
-
-  def model_variables(self, generator: TrainState) -> dict[str, Any]:
-    """The full model variable tree (frozen Hopenet included) of a generator state."""
-    return self.objective.model_variables(generator.params, generator.batch_stats, self.frozen)
 
   # -- compiled functions
   @property
@@ -349,9 +352,29 @@ def _first_states(trainer: StepRunner, checkpoints: Any, iterator: Any) -> tuple
   latest = checkpoints.latest_step()
   if latest is None:
     return (*trainer.init_states(), 0)
-  generator, discriminator = checkpoints.restore(latest, *trainer.abstract_states(), iterator)
+  generator, discriminator = restore_states(
+    checkpoints, latest, trainer.abstract_states(), iterator
+  )
   logging.info("resumed from %s at step %d", checkpoints.directory, int(generator.step))
   return generator, discriminator, int(generator.step)
+
+
+def restore_states(
+  checkpoints: Any, step: int, targets: tuple[TrainState, TrainState], iterator: Any = None
+) -> tuple[TrainState, TrainState]:
+  """``checkpoints.restore`` of ``(generator, discriminator)`` onto abstract ``targets``; a run
+  saved with the earlier optimizer-state layout (``train_state.legacy_opt_state``) is read in
+  that layout and converted."""
+  try:
+    return checkpoints.restore(step, *targets, iterator)
+  except Exception as error:  # orbax reports a tree mismatch with several exception types
+    legacy = [t.replace(opt_state=legacy_opt_state(t.opt_state)) for t in targets]
+    try:
+      restored = checkpoints.restore(step, *legacy, iterator)
+    except Exception:
+      raise error from None
+  logging.info("step %d: optimizer state converted from the earlier layout", step)
+  return tuple(t.replace(opt_state=current_opt_state(t.opt_state)) for t in restored)
 
 
 def _save_sample_grid(

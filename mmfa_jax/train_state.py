@@ -1,11 +1,9 @@
-"""Train states, optimizers with frozen sub-networks, and non-finite update skipping.
+"""Train states, the optimizer, and non-finite update skipping.
 
 A ``TrainState`` holds one network's ``params``, ``batch_stats`` (BatchNorm statistics and
-spectral-norm vectors) and optimizer state. Frozen parts (Hopenet inside the MMFA motion
-estimator) stay in ``params`` so one ``apply`` sees the whole model, but their updates are zero
-(``optax.set_to_zero``), so they never change and hold no Adam moments. ``apply_gradients`` skips
-the whole update when any gradient is not finite and reports it, so one bad batch cannot poison the
-run.
+spectral-norm vectors) and optimizer state: only what trains (frozen networks such as the MMFA
+Hopenet are inputs of the step, never in ``params``). ``apply_gradients`` skips the whole update
+when any gradient is not finite and reports it, so one bad batch cannot poison the run.
 
 The trained parameters are updated as one flat float32 vector (``optax.flatten``): Adam's moments
 are two vectors, not two trees, and the finiteness check is one reduction. For XLA that is a few
@@ -24,8 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-FROZEN_PREFIXES = (("motion_estimator", "pose"),)  # Hopenet: rotation comes from it, frozen
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -61,37 +57,40 @@ def step_schedule(
   return schedule
 
 
-def frozen_labels(params: Any, frozen_prefixes: Sequence[tuple[str, ...]] = FROZEN_PREFIXES) -> Any:
-  """A pytree like ``params`` of ``'frozen'`` / ``'trained'`` labels, by module-path prefix."""
-
-  def label(path: Sequence[Any], _: Any) -> str:
-    names = tuple(getattr(key, "key", str(key)) for key in path)
-    return "frozen" if any(names[: len(p)] == tuple(p) for p in frozen_prefixes) else "trained"
-
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
 def make_optimizer(
-  params: Any,
   learning_rate: float | optax.Schedule,
   *,
   b1: float = 0.5,
   b2: float = 0.999,
   eps: float = 1e-8,
   clip_norm: float | None = None,
-  frozen_prefixes: Sequence[tuple[str, ...]] = FROZEN_PREFIXES,
 ) -> optax.GradientTransformation:
-  """Adam with the reference's betas (0.5, 0.999), optional global-norm clipping, frozen parts zeroed.
+  """Adam with the reference's betas (0.5, 0.999) and optional global-norm clipping.
 
-  The trained leaves go through the optimizer as one flat vector (module docstring); the moments in
-  ``opt_state`` are flat vectors over the trained leaves in ``jax.tree.leaves`` order.
+  The leaves go through the optimizer as one flat vector (module docstring); the moments in
+  ``opt_state`` are flat vectors over the leaves in ``jax.tree.leaves`` order.
   """
   adam = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
-  trained = optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
-  return optax.multi_transform(
-    {"trained": optax.flatten(trained), "frozen": optax.set_to_zero()},
-    frozen_labels(params, frozen_prefixes),
+  return optax.flatten(
+    optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
   )
+
+
+def legacy_opt_state(opt_state: Any) -> Any:
+  """``opt_state`` in the layout runs saved before the frozen/trained partition was removed
+  (2026-11-26: ``{'inner_states': {'trained': {'inner_state': ...}, 'frozen': ...}}``, the same
+  arrays): the restore target for resuming those runs (``current_opt_state`` undoes it)."""
+  return optax.transforms.PartitionState(
+    inner_states={
+      "trained": optax.MaskedState(inner_state=opt_state),
+      "frozen": optax.MaskedState(inner_state=optax.EmptyState()),
+    }
+  )
+
+
+def current_opt_state(legacy: Any) -> Any:
+  """The optimizer state inside a ``legacy_opt_state`` layout."""
+  return legacy.inner_states["trained"].inner_state
 
 
 def all_finite(tree: Any) -> jax.Array:

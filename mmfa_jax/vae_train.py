@@ -36,6 +36,7 @@ from mmfa_jax.checkpoints import load_training_run
 from mmfa_jax.initialization import evaluate_on_host
 from mmfa_jax.models.animation import animation_model_from_config
 from mmfa_jax.models.expression_vae import ExpressionVAE, LatentDiscriminator
+from mmfa_jax.models.variants import variant_from_config
 from mmfa_jax.sharding import put_replicated
 from mmfa_jax.train import StepRunner, adversarial_update, skipped_samples
 from mmfa_jax.train_state import TrainState
@@ -81,10 +82,11 @@ class VAETrainer(StepRunner):
       run_config, encoder_variables, step = load_training_run(
         config.mmfa.workdir, config.mmfa.get("step")
       )
-      if run_config.model.get("variant", "mmfa") != "mmfa":
+      variant = variant_from_config(run_config.model)
+      if not variant.has_expression_latent:
         raise ValueError(
-          f"{config.mmfa.workdir} is a {run_config.model.variant} run; the expression VAE needs "
-          "an MMFA run (it encodes MMFA's expression features)"
+          f"{config.mmfa.workdir} is a {variant.name} run; the expression VAE needs an MMFA run "
+          "(it encodes MMFA's expression features)"
         )
       logging.info("expression encoder of %s at step %d", config.mmfa.workdir, step)
       mmfa_model_config = run_config.model
@@ -113,7 +115,7 @@ class VAETrainer(StepRunner):
     disc_variables = self.discriminator.init(disc_key, features)
 
     def state(variables: Any, schedule: Any) -> TrainState:
-      tx = self._optimizer(variables["params"], schedule)
+      tx = self._optimizer(schedule)
       return TrainState.create(variables["params"], variables.get("batch_stats", {}), tx)
 
     return (

@@ -6,6 +6,9 @@
   running_var`` -> ``batch_stats/{mean, var}``; ``num_batches_tracked`` is dropped.
 * Spectral norm: ``weight_orig`` -> ``kernel`` (transposed like any weight), ``weight_u``,
   ``weight_v`` -> ``batch_stats/{u, v}``, so eval-mode outputs equal PyTorch's exactly.
+* Names: a network family's Flax module path -> PyTorch prefix and the file keys it may leave
+  unused are data, a ``NameMap`` (the per-network modules hold theirs); ``convert_state_dict``
+  is the one function that applies them.
 
 Files are read with ``torch.load(..., weights_only=True)``: nothing is unpickled beyond tensors and
 plain containers.
@@ -13,6 +16,7 @@ plain containers.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -158,32 +162,82 @@ _LEAF_TO_TORCH = {
   ("batch_stats", "v"): "weight_v",
 }
 
-DEFAULT_LIST_NAMES = ("down_blocks", "up_blocks")
+BATCH_COUNTER = r"(^|\.)num_batches_tracked$"  # BatchNorm's step counter: never needed
+BLOCK_LISTS = (
+  (r"(down_blocks|up_blocks)_(\d+)", r"\1.\2"),
+)  # ModuleList ``{list}_{i}`` -> ``{list}.{i}``
 
 
-def default_torch_prefix(module_path: tuple[str, ...], list_names=DEFAULT_LIST_NAMES) -> str:
-  """Flax module path -> PyTorch module prefix: names joined by '.', and ``{list}_{i}`` -> ``{list}.{i}``
-  for the ModuleList attributes named in ``list_names``."""
-  parts = []
-  for name in module_path:
-    head, _, index = name.rpartition("_")
-    parts.append(f"{head}.{index}" if head in list_names and index.isdigit() else name)
-  return ".".join(parts)
+@dataclasses.dataclass(frozen=True)
+class NameMap:
+  """One network family's naming, as data: Flax module path -> PyTorch module prefix, and the file
+  keys that may stay unused.
+
+  Attributes:
+    renames: ``(pattern, replacement)`` pairs. Each Flax module name of a path takes the replacement
+      of the first pattern that matches it whole (``re.fullmatch`` then ``expand``: ``\\1`` works);
+      an empty replacement drops the name, a name no pattern matches stays. The results are joined
+      with '.'.
+    ignore: regexes of file keys allowed to stay unused (``re.search``).
+  """
+
+  renames: tuple[tuple[str, str], ...] = BLOCK_LISTS
+  ignore: tuple[str, ...] = (BATCH_COUNTER,)
+
+  def torch_prefix(self, module_path: tuple[str, ...]) -> str:
+    parts = []
+    for name in module_path:
+      for pattern, replacement in self.renames:
+        match = re.fullmatch(pattern, name)
+        if match:
+          name = match.expand(replacement)
+          break
+      if name:
+        parts.append(name)
+    return ".".join(parts)
+
+  def converter(self, default_source: str) -> Callable[..., dict[str, Any]]:
+    """``convert(state_dict, template, source=default_source, report=None)``: ``convert_state_dict``
+    with this naming (a network module's public converter)."""
+
+    def convert(
+      state_dict: Mapping[str, Any],
+      template: Mapping[str, Any],
+      source: str = default_source,
+      report: dict | None = None,
+    ) -> dict[str, Any]:
+      return convert_state_dict(
+        state_dict,
+        template,
+        torch_prefix=self.torch_prefix,
+        ignore=self.ignore,
+        source=source,
+        report=report,
+      )
+
+    convert.__doc__ = (
+      f"Fills ``template`` (``{{'params', 'batch_stats'}}``) from a {default_source} state_dict."
+    )
+    return convert
+
+
+DEFAULT_NAMES = NameMap()  # names map one to one (ModuleLists aside)
 
 
 def convert_state_dict(
   state_dict: Mapping[str, Any],
   template: Mapping[str, Any],
   *,
-  torch_prefix: Callable[[tuple[str, ...]], str] = default_torch_prefix,
-  ignore: Sequence[str] = (r"(^|\.)num_batches_tracked$",),
+  torch_prefix: Callable[[tuple[str, ...]], str] = DEFAULT_NAMES.torch_prefix,
+  ignore: Sequence[str] = (BATCH_COUNTER,),
   source: str = "state_dict",
   report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Fills a Flax variables template (``{'params': ..., 'batch_stats': ...}``) from a state_dict.
 
   Each Flax leaf ``(collection, *module_path, leaf)`` is looked up as
-  ``torch_prefix(module_path) + '.' + {weight|bias|running_mean|running_var}``; conv and linear
+  ``torch_prefix(module_path) + '.' + {weight|bias|running_mean|running_var}`` (by default
+  ``DEFAULT_NAMES``: names joined by '.', ``down_blocks_{i}`` -> ``down_blocks.{i}``); conv and linear
   weights are transposed to Flax layout. Template leaves only need ``.shape`` (arrays or
   ``jax.ShapeDtypeStruct`` from ``jax.eval_shape``).
 

@@ -1,11 +1,12 @@
-"""Whole-file conversions behind ``tools/convert_torch_weights.py``: one function per KIND.
+"""Whole-file conversions behind ``tools/convert_torch_weights.py``: the converter registry.
 
-* ``hopenet``: deep-head-pose's state_dict (e.g. ``hopenet_robust_alpha1.pkl``) -> ``Hopenet``.
-* ``vgg19``: torchvision-layout VGG19 state_dict (``features.N.weight`` ...) -> ``VGG19``.
-* ``vggface``: ``vgg_face_dag`` state_dict -> ``VGGFace``.
-* ``face_vid2vid``: the reference's training checkpoint (a dict with ``kp_detector``,
-  ``he_estimator``, ``generator``, ``discriminator``, optimizer entries and ``epoch``) ->
-  ``{'model': AnimationModel variables, 'discriminator': MultiScaleDiscriminator variables}``.
+``CONVERTERS`` maps each KIND (``hopenet``, ``vgg19``, ``vggface``, ``face_vid2vid``) to its
+``ConverterSpec``: what the upstream file is, the ``--verify`` tolerance, how to convert it and how
+to check it. The tool, its help text, ``convert_file`` and ``verify`` read it and nothing else, so
+adding a kind is adding one entry. A face-vid2vid training checkpoint (a dict with
+``kp_detector``, ``he_estimator``, ``generator``, ``discriminator``, optimizer entries and
+``epoch``) becomes ``{'model': AnimationModel variables, 'discriminator': MultiScaleDiscriminator
+variables}``.
 
 ``verify`` rebuilds the PyTorch definition (``torch_reference``), loads the file into it, runs both
 on a fixed random input and returns the max absolute difference per output.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -35,8 +36,7 @@ from pretrained_converters import he_estimator, hopenet, keypoint_detector, synt
 from pretrained_converters.common import CheckpointError, read_weights_file, state_dict_entry
 from pretrained_converters.motion import assemble
 
-KINDS = ("hopenet", "vgg19", "vggface", "face_vid2vid")
-TOLERANCE = {"hopenet": 1e-4, "vgg19": 1e-4, "vggface": 1e-4, "face_vid2vid": 1e-3}
+VGG_SIZE = 64  # image size VGG19 / VGG-Face are converted and checked at
 
 
 @dataclasses.dataclass
@@ -47,6 +47,30 @@ class Conversion:
   variables: dict[str, Any]
   rows: list[tuple[str, int, int]]
   ignored: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConverterSpec:
+  """One KIND of ``tools/convert_torch_weights.py``.
+
+  Attributes:
+    kind: the command-line name, also the ``kind`` of the converted directory's metadata.
+    description: the upstream file and what it becomes (the tool's help text).
+    tolerance: ``--verify`` passes when no output differs from PyTorch's by more than this.
+    convert: ``(path, config, generator) -> Conversion``.
+    verify: ``(load, rng, variables, config, generator) -> {output: max |flax - torch|}``, run by
+      ``verify`` under ``torch.no_grad()``: ``load(torch_module, entry=None, strict=True)`` loads
+      the file (or its ``entry``) into a ``torch_reference`` module, ``rng`` is seeded with 0.
+    config: for a kind whose networks a config describes, the config file used when ``--config``
+      is not given (``--config`` and ``--generator`` only apply to such kinds); None otherwise.
+  """
+
+  kind: str
+  description: str
+  tolerance: float
+  convert: Callable[[str, Any, str], Conversion]
+  verify: Callable[..., dict[str, float]]
+  config: str | None = None
 
 
 def _template(module: Any, *args: Any) -> Any:
@@ -68,13 +92,20 @@ def _sub(template: Mapping[str, Any], *path: str) -> dict[str, Any]:
   return out
 
 
-def _single(kind: str, path: str, converter: Any, module: Any, size: int) -> Conversion:
-  report: dict[str, Any] = {}
-  state_dict = state_dict_entry(read_weights_file(path), path)
-  variables = converter(state_dict, _template(module, _image(size)), source=path, report=report)
-  return Conversion(
-    kind, variables, [(kind, report["tensors"], report["parameters"])], report["ignored"]
-  )
+def _one_network(kind: str, network: type, converter: Callable, size: int) -> Callable:
+  """``ConverterSpec.convert`` of a kind that is one network: the file's state_dict -> variables of
+  ``network()`` at ``size`` x ``size`` images."""
+
+  def convert(path: str, config: Any, generator: str) -> Conversion:
+    del config, generator  # a fixed network
+    report: dict[str, Any] = {}
+    state_dict = state_dict_entry(read_weights_file(path), path)
+    template = _template(network(), _image(size))
+    variables = converter(state_dict, template, source=path, report=report)
+    rows = [(kind, report["tensors"], report["parameters"])]
+    return Conversion(kind, variables, rows, report["ignored"])
+
+  return convert
 
 
 def face_vid2vid_model(config: Any, generator: str) -> Any:
@@ -145,26 +176,136 @@ def convert_face_vid2vid(path: str, config: Any, generator: str = "spade") -> Co
   return Conversion("face_vid2vid", variables, rows, ignored)
 
 
-def convert_file(
-  kind: str, path: str | os.PathLike, *, config: Any = None, generator: str = "spade"
-) -> Conversion:
-  """Converts one upstream file of ``kind``; raises ``CheckpointError`` with every problem."""
-  path = os.fspath(path)
-  if kind == "hopenet":
-    return _single(kind, path, hopenet.convert, Hopenet(), HOPENET_SIZE)
-  if kind == "vgg19":
-    return _single(kind, path, synthesis.convert_vgg19, VGG19(), 64)
-  if kind == "vggface":
-    return _single(kind, path, synthesis.convert_vggface, VGGFace(), 64)
-  if kind == "face_vid2vid":
-    if config is None:
-      raise CheckpointError("face_vid2vid needs a config (e.g. configs/vox_face_vid2vid.py)")
-    return convert_face_vid2vid(path, config, generator)
-  raise CheckpointError(f"unknown KIND {kind!r}; choose one of {', '.join(KINDS)}")
+def _convert_face_vid2vid(path: str, config: Any, generator: str) -> Conversion:
+  if config is None:
+    raise CheckpointError("face_vid2vid needs a config (e.g. configs/vox_face_vid2vid.py)")
+  return convert_face_vid2vid(path, config, generator)
+
+
+def _channels_first(images: np.ndarray) -> Any:
+  import torch
+
+  return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
 def _max_diff(got: Any, want: Any) -> float:
   return float(np.max(np.abs(np.asarray(got, np.float64) - want.detach().double().numpy())))
+
+
+def _verify_hopenet(
+  load: Callable, rng: Any, variables: Any, config: Any, generator: str
+) -> dict[str, float]:
+  from pretrained_converters import torch_reference as ref
+
+  prepared = rng.normal(size=(1, HOPENET_SIZE, HOPENET_SIZE, 3)).astype(np.float32)
+  got = Hopenet().apply(variables, prepared)
+  want = load(ref.Hopenet())(_channels_first(prepared))
+  return {name: _max_diff(got[name], value) for name, value in zip(("yaw", "pitch", "roll"), want)}
+
+
+def _verify_vgg(network: type, twin: str, strict: bool) -> Callable:
+  """``ConverterSpec.verify`` of VGG19 / VGG-Face: each relu{i}_1 output, relative to its largest
+  value (``twin``: the ``torch_reference`` class; ``strict``: the file holds nothing else)."""
+
+  def verify(
+    load: Callable, rng: Any, variables: Any, config: Any, generator: str
+  ) -> dict[str, float]:
+    from pretrained_converters import torch_reference as ref
+
+    images = rng.random((1, VGG_SIZE, VGG_SIZE, 3), dtype=np.float32)
+    torch_module = load(getattr(ref, twin)(), strict=strict)
+    got = network().apply(variables, images)
+    want = torch_module(_channels_first(images))
+    diffs = {}
+    for i, (g, w) in enumerate(zip(got, want)):
+      scale = max(1.0, float(w.abs().max()))
+      diffs[f"relu{i + 1}_1 (relative)"] = _max_diff(g, w.permute(0, 2, 3, 1)) / scale
+    return diffs
+
+  return verify
+
+
+def _verify_face_vid2vid(
+  load: Callable, rng: Any, variables: Any, config: Any, generator: str
+) -> dict[str, float]:
+  from pretrained_converters import torch_reference as ref
+
+  diffs: dict[str, float] = {}
+  modules = ref.face_vid2vid_modules(config.model, generator)
+  for entry in ("kp_detector", "he_estimator", "generator"):
+    load(modules[entry], entry)
+  size = config.image_size
+  source = rng.random((1, size, size, 3), dtype=np.float32)
+  driving = rng.random((1, size, size, 3), dtype=np.float32)
+  model = face_vid2vid_model(config, generator)
+  got = jax.jit(model.apply)(variables["model"], source, driving)["prediction"]
+  want = ref.animate_face_vid2vid(modules, _channels_first(source), _channels_first(driving))
+  diffs["animation prediction"] = _max_diff(got, want.permute(0, 2, 3, 1))
+  if "discriminator" in variables:
+    disc = load(modules["discriminator"], "discriminator")
+    scales = [float(s) for s in config.model.discriminator.scales]
+    got_disc = MultiScaleDiscriminator(**dict(config.model.discriminator)).apply(
+      variables["discriminator"], {s: source for s in scales}
+    )
+    want_disc = disc({scale_name(s): _channels_first(source) for s in scales})
+    for s in scales:
+      diffs[f"discriminator {scale_name(s)} prediction"] = _max_diff(
+        got_disc[s][1], want_disc[scale_name(s)][1].permute(0, 2, 3, 1)
+      )
+  return diffs
+
+
+CONVERTERS: dict[str, ConverterSpec] = {
+  spec.kind: spec
+  for spec in (
+    ConverterSpec(
+      kind="hopenet",
+      description="deep-head-pose's state_dict (hopenet_robust_alpha1.pkl) -> Hopenet",
+      tolerance=1e-4,
+      convert=_one_network("hopenet", Hopenet, hopenet.convert, HOPENET_SIZE),
+      verify=_verify_hopenet,
+    ),
+    ConverterSpec(
+      kind="vgg19",
+      description="torchvision VGG19 state_dict (vgg19-dcbb9e9d.pth) -> VGG19",
+      tolerance=1e-4,
+      convert=_one_network("vgg19", VGG19, synthesis.convert_vgg19, VGG_SIZE),
+      verify=_verify_vgg(VGG19, "VGG19", strict=False),
+    ),
+    ConverterSpec(
+      kind="vggface",
+      description="vgg_face_dag state_dict (vgg_face_dag.pth) -> VGGFace",
+      tolerance=1e-4,
+      convert=_one_network("vggface", VGGFace, synthesis.convert_vggface, VGG_SIZE),
+      verify=_verify_vgg(VGGFace, "VGGFaceDag", strict=True),
+    ),
+    ConverterSpec(
+      kind="face_vid2vid",
+      description=(
+        "the reference's training checkpoint (00000099-checkpoint.pth.tar) -> "
+        "{'model': AnimationModel, 'discriminator': MultiScaleDiscriminator}"
+      ),
+      tolerance=1e-3,
+      convert=_convert_face_vid2vid,
+      verify=_verify_face_vid2vid,
+      config="configs/vox_face_vid2vid.py",
+    ),
+  )
+}
+
+
+def converter_spec(kind: str) -> ConverterSpec:
+  """``CONVERTERS[kind]``; raises ``CheckpointError`` naming the kinds there are."""
+  if kind not in CONVERTERS:
+    raise CheckpointError(f"unknown KIND {kind!r}; choose one of {', '.join(CONVERTERS)}")
+  return CONVERTERS[kind]
+
+
+def convert_file(
+  kind: str, path: str | os.PathLike, *, config: Any = None, generator: str = "spade"
+) -> Conversion:
+  """Converts one upstream file of ``kind``; raises ``CheckpointError`` with every problem."""
+  return converter_spec(kind).convert(os.fspath(path), config, generator)
 
 
 def verify(
@@ -176,14 +317,13 @@ def verify(
   generator: str = "spade",
 ) -> dict[str, float]:
   """Max absolute difference per output between the converted Flax network and the file loaded
-  into the PyTorch definition, on a fixed random input (seed 0)."""
+  into the PyTorch definition, on a fixed random input (seed 0); ``CONVERTERS[kind].tolerance``
+  bounds them."""
   import torch
 
-  from pretrained_converters import torch_reference as ref
-
+  spec = converter_spec(kind)
   path = os.fspath(path)
   loaded = read_weights_file(path)
-  rng = np.random.default_rng(0)
 
   def load(module: Any, entry: str | None = None, strict: bool = True) -> Any:
     state = {
@@ -192,53 +332,5 @@ def verify(
     module.load_state_dict(state, strict=strict)
     return module.eval()
 
-  diffs: dict[str, float] = {}
   with torch.no_grad():
-    if kind == "hopenet":
-      prepared = rng.normal(size=(1, HOPENET_SIZE, HOPENET_SIZE, 3)).astype(np.float32)
-      got = Hopenet().apply(variables, prepared)
-      want = load(ref.Hopenet())(torch.from_numpy(prepared).permute(0, 3, 1, 2))
-      for name, value in zip(("yaw", "pitch", "roll"), want):
-        diffs[name] = _max_diff(got[name], value)
-    elif kind in ("vgg19", "vggface"):
-      images = rng.random((1, 64, 64, 3), dtype=np.float32)
-      module = ref.VGG19() if kind == "vgg19" else ref.VGGFaceDag()
-      model = VGG19() if kind == "vgg19" else VGGFace()
-      torch_module = load(module, strict=kind == "vggface")
-      got = model.apply(variables, images)
-      want = torch_module(torch.from_numpy(images).permute(0, 3, 1, 2))
-      for i, (g, w) in enumerate(zip(got, want)):
-        diffs[f"relu{i + 1}_1 (relative)"] = _max_diff(g, w.permute(0, 2, 3, 1)) / max(
-          1.0, float(w.abs().max())
-        )
-    elif kind == "face_vid2vid":
-      modules = ref.face_vid2vid_modules(config.model, generator)
-      for entry in ("kp_detector", "he_estimator", "generator"):
-        load(modules[entry], entry)
-      size = config.image_size
-      source = rng.random((1, size, size, 3), dtype=np.float32)
-      driving = rng.random((1, size, size, 3), dtype=np.float32)
-      model = face_vid2vid_model(config, generator)
-      got = jax.jit(model.apply)(variables["model"], source, driving)["prediction"]
-      want = ref.animate_face_vid2vid(
-        modules,
-        torch.from_numpy(source).permute(0, 3, 1, 2),
-        torch.from_numpy(driving).permute(0, 3, 1, 2),
-      )
-      diffs["animation prediction"] = _max_diff(got, want.permute(0, 2, 3, 1))
-      if "discriminator" in variables:
-        disc = load(modules["discriminator"], "discriminator")
-        scales = [float(s) for s in config.model.discriminator.scales]
-        got_disc = MultiScaleDiscriminator(**dict(config.model.discriminator)).apply(
-          variables["discriminator"], {s: source for s in scales}
-        )
-        want_disc = disc(
-          {scale_name(s): torch.from_numpy(source).permute(0, 3, 1, 2) for s in scales}
-        )
-        for s in scales:
-          diffs[f"discriminator {scale_name(s)} prediction"] = _max_diff(
-            got_disc[s][1], want_disc[scale_name(s)][1].permute(0, 2, 3, 1)
-          )
-    else:
-      raise CheckpointError(f"unknown KIND {kind!r}")
-  return diffs
+    return spec.verify(load, np.random.default_rng(0), variables, config, generator)

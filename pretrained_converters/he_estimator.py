@@ -8,27 +8,7 @@ mmfa_jax predicts yaw.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from pretrained_converters.common import NameMap
 
-from pretrained_converters.common import convert_state_dict
-
-_HEAD_SWAP = {"fc_yaw": "fc_roll", "fc_roll": "fc_yaw"}
-
-
-def torch_prefix(module_path: tuple[str, ...]) -> str:
-  if module_path[0] == "trunk":
-    return ".".join(module_path[1:])
-  return ".".join((_HEAD_SWAP.get(module_path[0], module_path[0]), *module_path[1:]))
-
-
-def convert(
-  state_dict: Mapping[str, Any],
-  template: Mapping[str, Any],
-  source: str = "he_estimator",
-  report: dict | None = None,
-) -> dict:
-  """Returns ``{'params', 'batch_stats'}`` for ``HEEstimator`` shaped like ``template``."""
-  return convert_state_dict(
-    state_dict, template, torch_prefix=torch_prefix, source=source, report=report
-  )
+NAMES = NameMap(renames=(("trunk", ""), ("fc_yaw", "fc_roll"), ("fc_roll", "fc_yaw")))
+convert = NAMES.converter("he_estimator")

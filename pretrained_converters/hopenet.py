@@ -7,35 +7,14 @@ Torch names follow torchvision's ResNet: ``layer{L}.{b}.conv1`` ..., ``layer{L}.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from typing import Any
+from pretrained_converters.common import BATCH_COUNTER, NameMap
 
-from pretrained_converters.common import convert_state_dict
-
-_DOWNSAMPLE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
-
-
-def torch_prefix(module_path: tuple[str, ...]) -> str:
-  parts = []
-  for name in module_path:
-    match = re.fullmatch(r"(layer\d)_(\d+)", name)
-    parts.append(f"{match[1]}.{match[2]}" if match else _DOWNSAMPLE.get(name, name))
-  return ".".join(parts)
-
-
-def convert(
-  state_dict: Mapping[str, Any],
-  template: Mapping[str, Any],
-  source: str = "hopenet",
-  report: dict | None = None,
-) -> dict:
-  """Returns ``{'params', 'batch_stats'}`` for ``Hopenet`` shaped like ``template``."""
-  return convert_state_dict(
-    state_dict,
-    template,
-    torch_prefix=torch_prefix,
-    ignore=(r"(^|\.)num_batches_tracked$", r"^fc_finetune\."),
-    source=source,
-    report=report,
-  )
+NAMES = NameMap(
+  renames=(
+    (r"(layer\d)_(\d+)", r"\1.\2"),
+    ("downsample_conv", "downsample.0"),
+    ("downsample_bn", "downsample.1"),
+  ),
+  ignore=(BATCH_COUNTER, r"^fc_finetune\."),
+)
+convert = NAMES.converter("hopenet")

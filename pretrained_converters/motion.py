@@ -11,32 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pretrained_converters.common import convert_state_dict
+from pretrained_converters.common import DEFAULT_NAMES, NameMap
 
-
-def _strip_trunk(module_path: tuple[str, ...]) -> str:
-  return ".".join(module_path[1:] if module_path[0] == "trunk" else module_path)
-
-
-def convert_scale_translation(
-  state_dict: Mapping[str, Any],
-  template: Mapping[str, Any],
-  source: str = "scale_translation",
-  report: dict | None = None,
-) -> dict:
-  return convert_state_dict(
-    state_dict, template, torch_prefix=_strip_trunk, source=source, report=report
-  )
-
-
-def convert_by_name(
-  state_dict: Mapping[str, Any],
-  template: Mapping[str, Any],
-  source: str,
-  report: dict | None = None,
-) -> dict:
-  """ExpressionEncoder, ExpressionDecoder, DenseMotionNetwork: names map one to one."""
-  return convert_state_dict(state_dict, template, source=source, report=report)
+convert_scale_translation = NameMap(renames=(("trunk", ""),)).converter("scale_translation")
+convert_by_name = DEFAULT_NAMES.converter("state_dict")  # encoder, decoder, dense motion
 
 
 def assemble(parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -10,10 +10,13 @@ import jax
 import numpy as np
 
 
-def random_variables(module: Any, *args: Any, seed: int = 0) -> dict[str, Any]:
+def random_variables(module: Any, *args: Any, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
   """PyTorch-default-like random params, non-trivial BatchNorm statistics, and spectral-norm
-  vectors set to the kernel's leading singular vectors (what power iteration converges to)."""
-  template = jax.eval_shape(lambda key, *a: module.init(key, *a), jax.random.key(0), *args)
+  vectors set to the kernel's leading singular vectors (what power iteration converges to).
+  ``args`` are traced, ``kwargs`` passed to ``init`` as they are."""
+  template = jax.eval_shape(
+    lambda key, *a: module.init(key, *a, **kwargs), jax.random.key(0), *args
+  )
   rng = np.random.default_rng(seed)
   params = jax.tree_util.tree_map_with_path(
     lambda path, leaf: _param(rng, path, leaf), template["params"]

@@ -13,13 +13,14 @@ from model_helpers import random_vae, random_variables, save_training_run
 from PIL import Image
 from tool_runner import ROOT
 
-from configs import test_tiny
+from configs import synthetic
 from mmfa_jax import animate, edit, interpolate
 from mmfa_jax.checkpoints import save_converted
 from mmfa_jax.data.faces import FaceCrop, feather_mask, find_face_crop
 from mmfa_jax.data.video import iter_frames, probe, read_image
 from mmfa_jax.inference import Animator
-from mmfa_jax.models import animation_model_from_config
+from mmfa_jax.models import Hopenet, animation_model_from_config
+from mmfa_jax.models.motion import zero_head_pose
 
 SIZE = 64
 NTSC = Fraction(30000, 1001)
@@ -28,13 +29,15 @@ AUDIO_RATE = 16000
 
 def _model_variables(config, seed):
   image = jnp.zeros((1, SIZE, SIZE, 3))
-  return random_variables(animation_model_from_config(config.model), image, image, seed=seed)
+  poses = (zero_head_pose(1), zero_head_pose(1))  # MMFA's frozen Hopenet head poses: inputs
+  model = animation_model_from_config(config.model)
+  return random_variables(model, image, image, seed=seed, head_poses=poses)
 
 
 @pytest.fixture(scope="module")
 def fv2v_dir(tmp_path_factory):
   """A converted face_vid2vid directory of a random tiny model (as the converter writes it)."""
-  config = test_tiny.get_config("face_vid2vid")
+  config = synthetic.get_config("tiny:face_vid2vid")
   config.model.num_kp = 6  # adapt-scale's 3D convex hull needs 4 or more
   directory = tmp_path_factory.mktemp("commands") / "fv2v"
   save_converted(
@@ -274,9 +277,10 @@ def test_edit_command_matches_the_api(fv2v_dir, animator, media, tmp_path):
 def mmfa_runs(tmp_path_factory):
   """An MMFA training run (frozen Hopenet converted beside it) and an expression-VAE run on it."""
   root = tmp_path_factory.mktemp("runs")
-  config = test_tiny.get_config("mmfa")
+  config = synthetic.get_config("tiny:mmfa")
   full = _model_variables(config, 1)
-  hopenet = {k: full[k]["motion_estimator"].pop("pose") for k in ("params", "batch_stats")}
+  image = np.zeros((1, SIZE, SIZE, 3), np.float32)
+  hopenet = random_variables(Hopenet(**dict(config.model.hopenet)), image, seed=2)
   save_converted(root / "hopenet", hopenet, {"kind": "hopenet"})
   save_training_run(root / "mmfa", config, full)
   from configs import vox_vae
@@ -376,7 +380,7 @@ def test_bad_animate_input(case, fv2v_dir, media, bad, tmp_path, capsys):
 
 def test_bad_edit_and_interpolate_input(fv2v_dir, mmfa_runs, media, bad, tmp_path, capsys):
   source = str(media / "pose.webp")
-  three = test_tiny.get_config("face_vid2vid")  # 3 keypoints: no 3D hull for --adapt-scale
+  three = synthetic.get_config("tiny:face_vid2vid")  # 3 keypoints: no 3D hull for --adapt-scale
   three_dir = str(bad / "three_keypoints")
   save_converted(three_dir, {"model": _model_variables(three, 0)},
                  {"kind": "face_vid2vid", "model_config": three.model.to_json(), "image_size": SIZE})  # fmt: skip

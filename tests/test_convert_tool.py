@@ -10,11 +10,12 @@ import tool_runner
 import torch
 from safetensors.torch import save_file
 
-from configs import test_tiny
+from configs import synthetic
+from mmfa_jax import checkpoints
 from mmfa_jax.checkpoints import ConvertedWeightsError, load_converted
 from mmfa_jax.models import VGG19, Hopenet, VGGFace
 from pretrained_converters import torch_reference as ref
-from pretrained_converters.convert import face_vid2vid_model
+from pretrained_converters.convert import CONVERTERS, convert_file, face_vid2vid_model, verify
 
 
 def run_tool(*args):
@@ -36,6 +37,31 @@ def _vgg19_file_state(twin):
     state[f"classifier.{index}.weight"] = torch.zeros(out, cin)
     state[f"classifier.{index}.bias"] = torch.zeros(out)
   return state
+
+
+def test_the_converter_registry_is_the_one_source(tmp_path):
+  """The tool's KINDs, its help, its --verify tolerance and the loader's kinds all come from
+  CONVERTERS; a file converted through the tool loads back as the registry converts it."""
+  assert tuple(CONVERTERS) == checkpoints.KINDS
+  assert all(spec.kind == kind for kind, spec in CONVERTERS.items())
+  refused = run_tool("resnet", "--input", tmp_path / "x.pth", "--output", tmp_path / "out")
+  assert refused.returncode == 2
+  assert f"give exactly one KIND out of {', '.join(CONVERTERS)} (got" in refused.stderr
+  usage = run_tool("--help").stdout
+  for spec in CONVERTERS.values():
+    assert f"{spec.kind:<13} {spec.description} (--verify tolerance {spec.tolerance:g})" in usage
+
+  torch.manual_seed(0)
+  path = tmp_path / "vgg19.pth"
+  torch.save(ref.VGG19().state_dict(), path)  # features up to relu5_1 and the mean/std buffers
+  spec = CONVERTERS["vgg19"]
+  out = _ok(run_tool("vgg19", "--input", path, "--output", tmp_path / "vgg19", "--verify"))
+  assert f"(tolerance {spec.tolerance:g})" in out and "TOO LARGE" not in out
+  variables, metadata = load_converted(tmp_path / "vgg19", "vgg19")
+  assert metadata["kind"] == "vgg19" and metadata["generator"] is None
+  jax.tree.map(np.testing.assert_array_equal, variables, convert_file("vgg19", path).variables)
+  diffs = verify("vgg19", path, variables)
+  assert len(diffs) == 5 and max(diffs.values()) <= spec.tolerance
 
 
 @pytest.mark.slow
@@ -81,7 +107,7 @@ def test_hopenet_vgg19_vggface_round_trip(tmp_path):
 
 def _face_vid2vid_checkpoint(path, dataparallel=False):
   torch.manual_seed(1)
-  config = test_tiny.get_config("face_vid2vid")
+  config = synthetic.get_config("tiny:face_vid2vid")
   modules = ref.face_vid2vid_modules(config.model, "spade")
   source, kp = torch.rand(1, 3, 64, 64), 0.5 * torch.rand(1, 3, 3)
   ref.settle_spectral_norm(modules["generator"], source, kp, kp)
@@ -105,13 +131,14 @@ def test_face_vid2vid_checkpoint_round_trip(tmp_path):
   out = _ok(
     run_tool(
       "face_vid2vid", "--input", path, "--output", tmp_path / "fv2v", "--verify",
-      "--config=configs/test_tiny.py:face_vid2vid",
+      "--config=configs/synthetic.py:tiny:face_vid2vid",
     )
   )  # fmt: skip
   assert "animation prediction" in out and "TOO LARGE" not in out
   variables, metadata = load_converted(tmp_path / "fv2v", "face_vid2vid")
   assert (
-    metadata["config"] == "configs/test_tiny.py:face_vid2vid" and metadata["generator"] == "spade"
+    metadata["config"] == "configs/synthetic.py:tiny:face_vid2vid"
+    and metadata["generator"] == "spade"
   )
   assert set(variables) == {"model", "discriminator"}
   rng = np.random.default_rng(2)

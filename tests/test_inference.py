@@ -11,12 +11,13 @@ import torch
 from model_helpers import random_vae, save_training_run
 from scipy.spatial import ConvexHull
 
-from configs import test_tiny
+from configs import synthetic
 from mmfa_jax.checkpoints import ConvertedWeightsError, save_converted
 from mmfa_jax.inference import Animator, CheckpointKindError
 from mmfa_jax.initialization import init_variables
 from mmfa_jax.models import Hopenet, animation_model_from_config
 from mmfa_jax.models.expression_vae import ExpressionVAE
+from mmfa_jax.models.motion import zero_head_pose
 from pretrained_converters import torch_reference as ref
 from pretrained_converters.convert import convert_face_vid2vid
 
@@ -37,7 +38,7 @@ def face_vid2vid(tmp_path_factory):
   """(converted directory, torch modules): random reference modules with 6 keypoints (a 3D convex
   hull for adapt_scale needs 4 or more), saved as the reference saves them and converted."""
   torch.manual_seed(3)
-  config = test_tiny.get_config("face_vid2vid")
+  config = synthetic.get_config("tiny:face_vid2vid")
   config.model.num_kp = 6
   modules = ref.face_vid2vid_modules(config.model, "spade")
   source, kp = torch.rand(1, 3, SIZE, SIZE), 0.5 * torch.rand(1, 6, 3)
@@ -54,7 +55,7 @@ def face_vid2vid(tmp_path_factory):
     conversion.variables,
     {
       "kind": "face_vid2vid",
-      "config": "configs/test_tiny.py:face_vid2vid",
+      "config": "configs/synthetic.py:tiny:face_vid2vid",
       "generator": "spade",
       "model_config": config.model.to_json(),
       "image_size": SIZE,
@@ -146,13 +147,23 @@ def _rotation(yaw, pitch, roll):
 
 
 def _mmfa_config():
-  return test_tiny.get_config("mmfa")  # MMFA with the (here random) frozen Hopenet
+  return synthetic.get_config("tiny:mmfa")  # MMFA with the (here random) frozen Hopenet
 
 
 def _mmfa_variables(config, seed=0):
   model = animation_model_from_config(config.model)
   image = jnp.zeros((1, SIZE, SIZE, 3))
-  variables = init_variables(model, seed, image, image)
+  poses = (zero_head_pose(1), zero_head_pose(1))
+  return _noisy(init_variables(model, seed, image, image, False, poses), seed)
+
+
+def _hopenet_variables(config, seed=0):
+  """The frozen Hopenet the MMFA model reads (random, like the model)."""
+  hopenet = Hopenet(**dict(config.model.hopenet))
+  return _noisy(init_variables(hopenet, seed, np.zeros((1, SIZE, SIZE, 3), np.float32)), seed)
+
+
+def _noisy(variables, seed):
   # Noise on every parameter (the initialiser zeroes some output layers, which would make the
   # keypoints coincide and the expression vanish) and random BatchNorm statistics.
   rng = np.random.default_rng(seed)
@@ -173,7 +184,12 @@ def _mmfa_variables(config, seed=0):
 def mmfa():
   config = _mmfa_config()
   return Animator(
-    config.model, _mmfa_variables(config), image_size=SIZE, batch_size=4, vae=random_vae(config)
+    config.model,
+    _mmfa_variables(config),
+    image_size=SIZE,
+    batch_size=4,
+    vae=random_vae(config),
+    frozen={"hopenet": _hopenet_variables(config)},
   )
 
 
@@ -317,14 +333,7 @@ def test_expression_interpolation_and_sampling_through_the_vae(mmfa):
 
 def test_training_runs_load_with_their_hopenet_and_vae(tmp_path, mmfa):
   config = _mmfa_config()
-  full = _mmfa_variables(config)
-  hopenet = {k: full[k]["motion_estimator"]["pose"] for k in ("params", "batch_stats")}
-  trained = {
-    k: {**full[k], "motion_estimator": {
-      n: v for n, v in full[k]["motion_estimator"].items() if n != "pose"
-    }}
-    for k in ("params", "batch_stats")
-  }  # fmt: skip
+  trained, hopenet = _mmfa_variables(config), _hopenet_variables(config)
   run = tmp_path / "mmfa_run"
   save_training_run(run, config, trained)
   with pytest.raises(CheckpointKindError, match="frozen Hopenet"):
@@ -333,7 +342,11 @@ def test_training_runs_load_with_their_hopenet_and_vae(tmp_path, mmfa):
   save_converted(hopenet_dir, hopenet, {"kind": "hopenet"})
   animator = Animator.from_checkpoint(run, hopenet=hopenet_dir, batch_size=4)
   source = _images(6, 1)[0]
-  reference = Animator(config.model, full, image_size=SIZE, batch_size=4)
+  reference = Animator(
+    config.model, trained, image_size=SIZE, batch_size=4, frozen={"hopenet": hopenet}
+  )
+  with pytest.raises(ValueError, match="reads the frozen Hopenet"):
+    Animator(config.model, trained, image_size=SIZE)
   np.testing.assert_allclose(animator.edit(source, yaw=10.0), reference.edit(source, yaw=10.0),
                              atol=1e-6)  # fmt: skip
   with pytest.raises(CheckpointKindError, match="has no expression VAE"):
@@ -409,7 +422,14 @@ def test_bfloat16_animation_is_close_to_float32(mmfa):
   """``dtype='bfloat16'``: same parameters, bfloat16 compute; frames within 0.05 of float32 at
   every pixel and 0.01 on average (values in [0, 1]), keypoints within 0.02."""
   config = _mmfa_config()
-  half = Animator(config.model, mmfa.variables, image_size=SIZE, batch_size=4, dtype=jnp.bfloat16)
+  half = Animator(
+    config.model,
+    mmfa.variables,
+    image_size=SIZE,
+    batch_size=4,
+    dtype=jnp.bfloat16,
+    frozen=mmfa.frozen,
+  )
   assert half.dtype == "bfloat16"
   source, driving = _images(6, 1)[0], _images(7, FRAMES)
   state, half_state = mmfa.encode_source(source), half.encode_source(source)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import test_tiny
+from configs import synthetic
 from mmfa_jax.compilation_cache import CompileCounter
 from mmfa_jax.initialization import evaluate_on_host, init_variables
 from mmfa_jax.models import (
@@ -27,6 +27,7 @@ from mmfa_jax.models import (
   animation_model_from_config,
   motion_estimator_from_config,
 )
+from mmfa_jax.models.motion import zero_head_pose
 from mmfa_jax.ops.layers import Conv
 from mmfa_jax.ops.pyramid import image_pyramid
 
@@ -39,13 +40,14 @@ def _image(size=SIZE):
 
 def _families():
   """(name, module, init args) for every network family at test widths."""
-  model = test_tiny.get_config("mmfa").model
-  fv2v = test_tiny.get_config("face_vid2vid").model
+  model = synthetic.get_config("tiny:mmfa").model
+  fv2v = synthetic.get_config("tiny:face_vid2vid").model
   image = _image()
   kp = np.zeros((1, 3, 3), np.float32)
   disc = dict(model.discriminator)
   disc["scales"] = tuple(float(s) for s in disc["scales"])
   feature = np.zeros((1, 4, 16, 16, 8), np.float32)
+  poses = (zero_head_pose(1), zero_head_pose(1))  # the frozen Hopenet's head poses: inputs
   return [
     ("kp_detector", KPDetector(**dict(model.kp_detector), num_kp=3), (image,)),
     ("he_estimator", HEEstimator(**dict(fv2v.he_estimator), num_kp=3), (image,)),
@@ -58,9 +60,9 @@ def _families():
       (np.zeros((1, 12), np.float32), kp),
     ),
     ("dense_motion", DenseMotionNetwork(**dict(model.dense_motion)), (feature, kp, kp)),
-    ("motion_mmfa", motion_estimator_from_config(model), (image, image)),
+    ("motion_mmfa", motion_estimator_from_config(model), (image, image, False, poses)),
     ("motion_face_vid2vid", motion_estimator_from_config(fv2v), (image, image)),
-    ("animation_mmfa", animation_model_from_config(model), (image, image)),
+    ("animation_mmfa", animation_model_from_config(model), (image, image, False, poses)),
     ("animation_face_vid2vid", animation_model_from_config(fv2v), (image, image)),
     (
       "discriminator",

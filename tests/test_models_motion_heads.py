@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 from torch_oracles import rotation_matrix_t, to_channels_first
 
@@ -13,10 +14,12 @@ from mmfa_jax.models import (
   ExpressionDecoder,
   ExpressionEncoder,
   Hopenet,
-  MotionEstimator,
   ScaleTranslationHead,
   prepare_hopenet_input,
 )
+from mmfa_jax.models.hopenet import hopenet_head_pose
+from mmfa_jax.models.motion import zero_head_pose
+from mmfa_jax.models.variants import VARIANTS
 from pretrained_converters import he_estimator as he_converter
 from pretrained_converters import hopenet as hopenet_converter
 from pretrained_converters import keypoint_detector as kp_converter
@@ -181,16 +184,20 @@ def _motion_twins(seed):
 
 
 def _motion_estimator(variant, twins, images):
-  model = MotionEstimator(
-    variant=variant,
-    kp_detector=SMALL_KP,
-    he_estimator=dict(SMALL_TRUNK, num_kp=5),
-    hopenet=SMALL_HOPENET,
-    scale_translation=SMALL_TRUNK,
-    expression_encoder=SMALL_ENCODER,
-    expression_decoder=dict(hidden=(16,)),
+  """(model, its converted variables, head_poses(source, driving)): MMFA's rotation comes from the
+  converted twin Hopenet, an input of the motion estimator."""
+  model = VARIANTS[variant]().motion_estimator(
+    dict(
+      kp_detector=SMALL_KP,
+      he_estimator=dict(SMALL_TRUNK, num_kp=5),
+      hopenet=SMALL_HOPENET,
+      scale_translation=SMALL_TRUNK,
+      expression_encoder=SMALL_ENCODER,
+      expression_decoder=dict(hidden=(16,)),
+    )
   )
-  template = _template(model, images, images)
+  pose = zero_head_pose(images.shape[0])
+  template = _template(model, images, images, False, (pose, pose))
   converters = {
     "kp": kp_converter.convert,
     "pose": hopenet_converter.convert,
@@ -203,7 +210,13 @@ def _motion_estimator(variant, twins, images):
   for name in template["params"]:
     sub_template = {c: template[c][name] for c in template if name in template[c]}
     parts[name] = converters[name](_state(twins[name]), sub_template)
-  return model, motion_converter.assemble(parts)
+  hopenet = Hopenet(**SMALL_HOPENET)
+  hopenet_variables = converters["pose"](_state(twins["pose"]), _template(hopenet, images))
+
+  def head_poses(source, driving):
+    return tuple(hopenet_head_pose(hopenet, hopenet_variables, x) for x in (source, driving))
+
+  return model, motion_converter.assemble(parts), head_poses
 
 
 def _torch_angles(logits):
@@ -213,8 +226,8 @@ def _torch_angles(logits):
 def test_motion_estimator_mmfa_matches_twin_composition():
   twins = _motion_twins(seed=10)
   source, driving = _images((2, 64, 64, 3), 5), _images((2, 64, 64, 3), 6)
-  model, variables = _motion_estimator("mmfa", twins, source)
-  got = jax.jit(model.apply)(variables, source, driving)
+  model, variables, head_poses = _motion_estimator("mmfa", twins, source)
+  got = jax.jit(model.apply)(variables, source, driving, head_poses=head_poses(source, driving))
   with torch.no_grad():
     canonical = twins["kp"](to_channels_first(source))["value"]
     for name, image in (("source", source), ("driving", driving)):
@@ -241,7 +254,7 @@ def test_motion_estimator_mmfa_matches_twin_composition():
 def test_motion_estimator_face_vid2vid_matches_twin_composition():
   twins = _motion_twins(seed=20)
   source, driving = _images((2, 64, 64, 3), 7), _images((2, 64, 64, 3), 8)
-  model, variables = _motion_estimator("face_vid2vid", twins, source)
+  model, variables, _ = _motion_estimator("face_vid2vid", twins, source)
   got = jax.jit(model.apply)(variables, source, driving)
   with torch.no_grad():
     canonical = twins["kp"](to_channels_first(source))["value"]
@@ -259,16 +272,20 @@ def test_motion_estimator_face_vid2vid_matches_twin_composition():
   np.testing.assert_array_equal(got["driving"]["scale"], np.ones(2))
 
 
-def test_hopenet_gets_no_gradient():
+def test_frozen_head_pose_is_an_input_and_gets_no_gradient():
   twins = _motion_twins(seed=30)
   source = _images((1, 64, 64, 3), 9)
-  model, variables = _motion_estimator("mmfa", twins, source)
+  model, variables, head_poses = _motion_estimator("mmfa", twins, source)
+  assert "pose" not in variables["params"]  # the frozen Hopenet is never a trained parameter
+  poses = head_poses(source, source)
 
-  def loss(params):
-    out = model.apply({**variables, "params": params}, source, source)
+  def loss(params, poses):
+    out = model.apply({**variables, "params": params}, source, source, False, poses)
     return jnp.sum(out["driving"]["kp"] ** 2)
 
-  grads = jax.jit(jax.grad(loss))(variables["params"])
-  pose_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["pose"]))
+  grads, pose_grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], poses)
+  pose_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(pose_grads))
   kp_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["kp"]))
   assert pose_norm == 0.0 and kp_norm > 0.0
+  with pytest.raises(ValueError, match="pass head_pose"):
+    model.apply(variables, source, source)

@@ -8,6 +8,7 @@ import numpy as np
 from configs import vox
 from mmfa_jax.initialization import init_variables
 from mmfa_jax.models import DenseMotionNetwork, KPDetector, motion_estimator_from_config
+from mmfa_jax.models.motion import zero_head_pose
 from mmfa_jax.models.summary import REFERENCE_PARAM_COUNTS, summarise_networks
 
 
@@ -48,12 +49,15 @@ def test_vox256_param_counts_and_shapes():
 def test_motion_estimator_shapes_at_vox256():
   config = vox.get_config()
   image = jax.ShapeDtypeStruct((2, 256, 256, 3), jnp.float32)
+  poses = (zero_head_pose(2), zero_head_pose(2))  # MMFA's frozen Hopenet head pose: an input
   for variant in ("mmfa", "face_vid2vid"):
-    model = motion_estimator_from_config(config.model).clone(variant=variant)
+    model_config = config.model.copy_and_resolve_references()
+    model_config.variant = variant
+    model = motion_estimator_from_config(model_config)
 
     def run(key, source, driving, model=model):
-      variables = model.init(key, source, driving)
-      return model.apply(variables, source, driving)
+      variables = model.init(key, source, driving, False, poses)
+      return model.apply(variables, source, driving, False, poses)
 
     out = jax.eval_shape(run, jax.random.key(0), image, image)
     for frame in ("source", "driving"):

@@ -363,9 +363,16 @@ def test_whole_mmfa_model_bfloat16_close_to_float32():
     ),
     generator=dict(GEN, dense_motion=DENSE),
   )
-  variables = random_variables(AnimationModel(**kwargs), source, driving)
-  full = jax.jit(AnimationModel(**kwargs).apply)(variables, source, driving)
-  half = jax.jit(AnimationModel(**kwargs, dtype=jnp.bfloat16).apply)(variables, source, driving)
+  # The frozen Hopenet's head poses are inputs of the model (random degrees here).
+  poses = tuple(
+    {k: jnp.asarray(rng.uniform(-30, 30, 2), jnp.float32) for k in ("yaw", "pitch", "roll")}
+    for _ in range(2)
+  )
+  variables = random_variables(AnimationModel(**kwargs), source, driving, head_poses=poses)
+  full = jax.jit(AnimationModel(**kwargs).apply)(variables, source, driving, head_poses=poses)
+  half = jax.jit(AnimationModel(**kwargs, dtype=jnp.bfloat16).apply)(
+    variables, source, driving, head_poses=poses
+  )
   assert sorted(full["predictions"]) == [16, 32, 64]
   difference = float(np.abs(np.asarray(half["prediction"]) - np.asarray(full["prediction"])).max())
   kp_difference = float(

@@ -418,6 +418,7 @@ def test_batched_motion_equals_the_calls_in_order():
   outputs and the same BatchNorm running statistics at the end."""
   from mmfa_jax.initialization import init_variables
   from mmfa_jax.models.animation import animation_model_from_config
+  from mmfa_jax.models.variants import variant_from_config
   from mmfa_jax.objective import training_forward
 
   config = synthetic.get_config("tiny")  # MMFA with a learned (BatchNorm-updating) pose network
@@ -462,7 +463,10 @@ def test_batched_motion_equals_the_calls_in_order():
     return canonical, motions, generated, latent, state["batch_stats"]
 
   def batched(variables):
-    out, stats = training_forward(model, variables, source, driving, transformed, augmented, True)
+    variant = variant_from_config(config.model)
+    out, stats = training_forward(
+      model, variant, variables, {}, source, driving, transformed, augmented, True
+    )
     motions = [out["source_motion"], out["driving_motion"], out["transformed_motion"]]
     canonical = [out["source_motion"]["canonical_kp"], None, out["driving_canonical_kp"]]
     return canonical, motions, out["generated"], out["augmented_latent"], stats
@@ -489,3 +493,41 @@ def test_batched_motion_equals_the_calls_in_order():
     np.max(np.abs(pose_stats - variables["batch_stats"]["motion_estimator"]["pose"]["bn1"]["mean"]))
     > 1e-3
   )
+
+
+def test_frozen_hopenet_is_a_step_input_never_a_trained_parameter():
+  """MMFA with the pretrained Hopenet (tiny:mmfa): its variables are the step's frozen input, the
+  train state holds no pose network, and the motion's angles are the frozen network's."""
+  from mmfa_jax.initialization import init_variables
+  from mmfa_jax.models import Hopenet
+  from mmfa_jax.models.hopenet import hopenet_head_pose
+  from mmfa_jax.objective import training_forward
+
+  config = synthetic.get_config("tiny:mmfa")
+  config.loss.perceptual_features, config.loss.vggface = "pixels", 0.0  # only the Hopenet frozen
+  size = config.image_size
+  hopenet = Hopenet(**dict(config.model.hopenet))
+  frozen = {"hopenet": init_variables(hopenet, 3, np.zeros((1, size, size, 3), np.float32))}
+  trainer = Trainer(config, mesh=make_mesh(1), frozen=frozen)
+  generator, _ = trainer.init_states()
+  assert "pose" not in generator.params["motion_estimator"]
+  assert "pose" not in generator.batch_stats["motion_estimator"]
+  rng = np.random.default_rng(1)
+  source, driving, transformed = (
+    rng.uniform(size=(2, size, size, 3)).astype(np.float32) for _ in range(3)
+  )
+  variables = {"params": generator.params, "batch_stats": generator.batch_stats}
+
+  def forward(variables, frozen):
+    model, variant = trainer.networks.model, trainer.objective.variant
+    out, _ = training_forward(
+      model, variant, variables, frozen, source, driving, transformed, None, False
+    )
+    return out
+
+  out = jax.jit(forward)(variables, frozen)
+  for frames, motion in ((source, "source_motion"), (driving, "driving_motion")):
+    want = hopenet_head_pose(hopenet, frozen["hopenet"], frames)
+    for angle in ("yaw", "pitch", "roll"):
+      np.testing.assert_allclose(out[motion][angle], want[angle], atol=1e-4)
+  assert float(np.std(np.asarray(out["driving_motion"]["yaw"]))) > 0  # frames differ

@@ -1,4 +1,4 @@
-"""Optimizer schedule, frozen sub-networks and non-finite update skipping."""
+"""Optimizer schedule, the flat Adam update, non-finite update skipping, the earlier layout."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,8 @@ import optax
 from mmfa_jax.train_state import (
   TrainState,
   apply_gradients,
-  frozen_labels,
+  current_opt_state,
+  legacy_opt_state,
   make_optimizer,
   step_schedule,
 )
@@ -16,7 +17,7 @@ from mmfa_jax.train_state import (
 
 def _params():
   return {
-    "motion_estimator": {"pose": {"w": jnp.ones(3)}, "kp": {"w": jnp.ones(3)}},
+    "motion_estimator": {"kp": {"w": jnp.ones(3)}},
     "image_generator": {"w": jnp.ones(2)},
   }
 
@@ -31,22 +32,12 @@ def test_step_schedule_decays_at_milestones():
   np.testing.assert_allclose(np.asarray(traced), want, rtol=1e-6)
 
 
-def test_frozen_parts_never_move_and_trained_parts_do():
+def test_every_parameter_trains():
   params = _params()
-  labels = frozen_labels(params)
-  assert labels["motion_estimator"]["pose"]["w"] == "frozen"
-  assert (
-    labels["motion_estimator"]["kp"]["w"] == "trained"
-    and labels["image_generator"]["w"] == "trained"
-  )
-  state = TrainState.create(params, {"bn": jnp.zeros(1)}, make_optimizer(params, 0.1))
-  grads = {
-    "motion_estimator": {"pose": {"w": jnp.ones(3)}, "kp": {"w": jnp.ones(3)}},
-    "image_generator": {"w": -jnp.ones(2)},
-  }
+  state = TrainState.create(params, {"bn": jnp.zeros(1)}, make_optimizer(0.1))
+  grads = {"motion_estimator": {"kp": {"w": jnp.ones(3)}}, "image_generator": {"w": -jnp.ones(2)}}
   state, skipped = apply_gradients(state, grads, {"bn": jnp.ones(1)})
   assert int(skipped) == 0 and int(state.step) == 1
-  np.testing.assert_array_equal(state.params["motion_estimator"]["pose"]["w"], np.ones(3))
   # Adam's first step moves each trained parameter by the learning rate against the gradient sign.
   np.testing.assert_allclose(
     state.params["motion_estimator"]["kp"]["w"], np.full(3, 0.9), rtol=1e-5
@@ -57,11 +48,9 @@ def test_frozen_parts_never_move_and_trained_parts_do():
 
 def test_non_finite_gradients_skip_the_update():
   params = _params()
-  state = TrainState.create(
-    params, {"bn": jnp.zeros(1)}, make_optimizer(params, 0.1, clip_norm=1.0)
-  )
+  state = TrainState.create(params, {"bn": jnp.zeros(1)}, make_optimizer(0.1, clip_norm=1.0))
   grads = {
-    "motion_estimator": {"pose": {"w": jnp.zeros(3)}, "kp": {"w": jnp.array([1.0, jnp.nan, 0.0])}},
+    "motion_estimator": {"kp": {"w": jnp.array([1.0, jnp.nan, 0.0])}},
     "image_generator": {"w": jnp.ones(2)},
   }
   new_state, skipped = apply_gradients(state, grads, {"bn": jnp.ones(1)})
@@ -69,10 +58,7 @@ def test_non_finite_gradients_skip_the_update():
   for new, old in ((new_state.params, state.params), (new_state.batch_stats, state.batch_stats)):
     jax.tree.map(np.testing.assert_array_equal, new, old)
   jax.tree.map(np.testing.assert_array_equal, new_state.opt_state, state.opt_state)
-  finite = {
-    "motion_estimator": {"pose": {"w": jnp.zeros(3)}, "kp": {"w": jnp.zeros(3)}},
-    "image_generator": {"w": jnp.ones(2)},
-  }
+  finite = {"motion_estimator": {"kp": {"w": jnp.zeros(3)}}, "image_generator": {"w": jnp.ones(2)}}
   _, skipped = apply_gradients(state, finite, state.batch_stats, loss=jnp.array(jnp.inf))
   assert int(skipped) == 1
 
@@ -85,21 +71,15 @@ def _random_tree(seed: int, shapes) -> dict:
 def test_flat_update_equals_per_leaf_adam_with_clipping():
   """The flattened optimizer gives the per-leaf optax chain's values, step after step."""
   shapes = [(3, 4), (5,), (2, 3, 2), (1,), (7, 2)]
-  params = {
-    "image_generator": _random_tree(0, shapes),
-    "motion_estimator": {"pose": {"w": jnp.ones(4)}},
-  }
-  tx = make_optimizer(params, 0.05, clip_norm=0.5)
+  params = {"image_generator": _random_tree(0, shapes)}
+  tx = make_optimizer(0.05, clip_norm=0.5)
   state = TrainState.create(params, {}, tx)
   oracle_tx = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.05, b1=0.5, b2=0.999))
   oracle_params = params["image_generator"]
   oracle_state = oracle_tx.init(oracle_params)
   step = jax.jit(lambda s, g: apply_gradients(s, g, {}))
   for seed in range(1, 4):
-    grads = {
-      "image_generator": _random_tree(seed, shapes),
-      "motion_estimator": {"pose": {"w": jnp.ones(4)}},
-    }
+    grads = {"image_generator": _random_tree(seed, shapes)}
     state, skipped = step(state, grads)
     updates, oracle_state = oracle_tx.update(grads["image_generator"], oracle_state)
     oracle_params = optax.apply_updates(oracle_params, updates)
@@ -109,8 +89,7 @@ def test_flat_update_equals_per_leaf_adam_with_clipping():
       state.params["image_generator"],
       oracle_params,
     )
-  np.testing.assert_array_equal(state.params["motion_estimator"]["pose"]["w"], np.ones(4))
-  # The moments are one vector over the trained leaves only (the frozen pose holds none).
+  # The moments are one vector over all the leaves.
   moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim == 1 and leaf.size > 1]
   assert {leaf.size for leaf in moments} == {sum(int(np.prod(s)) for s in shapes)}
 
@@ -120,7 +99,33 @@ def test_update_compiles_to_few_kernels_for_many_leaves():
   by several (moments, bias correction, finiteness, clipping per leaf)."""
   shapes = [(i + 1, 3) for i in range(120)]
   params = {"image_generator": _random_tree(0, shapes)}
-  state = TrainState.create(params, {}, make_optimizer(params, 1e-3, clip_norm=1.0))
+  state = TrainState.create(params, {}, make_optimizer(1e-3, clip_norm=1.0))
   compiled = jax.jit(lambda s, g: apply_gradients(s, g, {})).lower(state, params).compile()
   fusions = compiled.as_text().count(" fusion(")
   assert fusions <= 1.5 * len(shapes) + 40, fusions
+
+
+def test_runs_saved_with_the_earlier_optimizer_layout_resume(tmp_path):
+  """A checkpoint whose optimizer state has the earlier trained/frozen partition is restored
+  onto today's states by ``train.restore_states``, with the same arrays."""
+  from mmfa_jax.checkpoints import TrainingCheckpoints
+  from mmfa_jax.train import restore_states
+
+  params = {"image_generator": _random_tree(0, [(3, 2), (4,)])}
+  state = TrainState.create(params, {}, make_optimizer(0.1))
+  state, _ = apply_gradients(state, {"image_generator": _random_tree(1, [(3, 2), (4,)])}, {})
+  legacy = state.replace(opt_state=legacy_opt_state(state.opt_state))
+  assert jax.tree.structure(current_opt_state(legacy.opt_state)) == jax.tree.structure(
+    state.opt_state
+  )
+  checkpoints = TrainingCheckpoints(tmp_path / "ckpt", async_save=False)
+  checkpoints.save(1, legacy, legacy)
+  checkpoints.wait()
+  fresh = TrainState.create(params, {}, make_optimizer(0.1))
+  targets = jax.eval_shape(lambda: (fresh, fresh))
+  generator, discriminator = restore_states(checkpoints, 1, targets)
+  for restored in (generator, discriminator):
+    assert jax.tree.structure(restored.opt_state) == jax.tree.structure(state.opt_state)
+    jax.tree.map(np.testing.assert_array_equal, restored.opt_state, state.opt_state)
+    jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
+  checkpoints.close()

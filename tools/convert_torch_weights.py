@@ -3,13 +3,14 @@
   python tools/convert_torch_weights.py KIND --input FILE --output DIR [--verify] [--overwrite]
       [--generator spade|original] [--config configs/vox_face_vid2vid.py] [--config.image_size=...]
 
-KIND: hopenet | vgg19 | vggface | face_vid2vid. FILE: .pth / .pth.tar / .pkl (read with
-``torch.load(weights_only=True)``), .safetensors or .npz. Exit codes: 0 done, 1 --verify found a
-difference above tolerance, 2 bad input (nothing is written).
+FILE: .pth / .pth.tar / .pkl (read with ``torch.load(weights_only=True)``), .safetensors or .npz.
+Exit codes: 0 done, 1 --verify found a difference above tolerance, 2 bad input (nothing is
+written). KIND, one of the converter registry (``pretrained_converters.convert.CONVERTERS``):
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -18,24 +19,28 @@ from ml_collections import config_flags
 
 from mmfa_jax.checkpoints import ConvertedWeightsError, file_sha256, save_converted
 from pretrained_converters.common import CheckpointError
-from pretrained_converters.convert import KINDS, TOLERANCE, convert_file, verify
+from pretrained_converters.convert import CONVERTERS, convert_file, verify
+
+__doc__ += "".join(
+  f"  {spec.kind:<13} {spec.description} (--verify tolerance {spec.tolerance:g})\n"
+  for spec in CONVERTERS.values()
+)
+_CONFIGURED = ", ".join(kind for kind, spec in CONVERTERS.items() if spec.config)
 
 _INPUT = flags.DEFINE_string("input", None, "Upstream weights file.")
 _OUTPUT = flags.DEFINE_string(
   "output", None, "Directory to write (must not exist unless --overwrite)."
 )
 _GENERATOR = flags.DEFINE_enum(
-  "generator", "spade", ["spade", "original"], "face_vid2vid generator."
+  "generator", "spade", ["spade", "original"], f"Generator of the model ({_CONFIGURED})."
 )
 _VERIFY = flags.DEFINE_bool(
   "verify", False, "Compare with the PyTorch definition on a random input."
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output directory.")
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Config the model belongs to (face_vid2vid)."
+  "config", None, f"Config the model belongs to ({_CONFIGURED}; default: the kind's own)."
 )
-
-DEFAULT_CONFIG = "configs/vox_face_vid2vid.py"
 
 
 def _fail(message: str) -> None:
@@ -44,18 +49,18 @@ def _fail(message: str) -> None:
 
 
 def _config_for(kind: str):
-  if kind != "face_vid2vid":
+  default = CONVERTERS[kind].config  # e.g. configs/vox_face_vid2vid.py
+  if default is None:
     return None, None
   if _CONFIG.value is not None:
     return _CONFIG.value, config_flags.get_config_filename(flags.FLAGS["config"])
-  from configs import vox_face_vid2vid
-
-  return vox_face_vid2vid.get_config(), DEFAULT_CONFIG
+  module = importlib.import_module(default.removesuffix(".py").replace("/", "."))
+  return module.get_config(), default
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) != 2 or argv[1] not in KINDS:
-    _fail(f"give exactly one KIND out of {', '.join(KINDS)} (got {argv[1:]})")
+  if len(argv) != 2 or argv[1] not in CONVERTERS:
+    _fail(f"give exactly one KIND out of {', '.join(CONVERTERS)} (got {argv[1:]})")
   kind = argv[1]
   if not _INPUT.value or not _OUTPUT.value:
     _fail("--input FILE and --output DIR are required")
@@ -83,7 +88,7 @@ def main(argv: list[str]) -> None:
     diffs = verify(
       kind, _INPUT.value, conversion.variables, config=config, generator=_GENERATOR.value
     )
-    tolerance = TOLERANCE[kind]
+    tolerance = CONVERTERS[kind].tolerance
     print(f"--verify: max |flax - torch| on a fixed random input (tolerance {tolerance:g})")
     for name, value in diffs.items():
       mark = "ok" if value <= tolerance else "TOO LARGE"
@@ -98,7 +103,7 @@ def main(argv: list[str]) -> None:
     "source_file": os.path.basename(_INPUT.value),
     "source_sha256": file_sha256(_INPUT.value),
     "config": config_name,
-    "generator": _GENERATOR.value if kind == "face_vid2vid" else None,
+    "generator": _GENERATOR.value if config is not None else None,
   }
   if config is not None:  # what mmfa_jax.inference.Animator rebuilds the model from
     metadata["model_config"] = config.model.to_json()

@@ -14,7 +14,7 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from absl import logging
@@ -57,6 +57,27 @@ def to_rgb_float(array: np.ndarray) -> np.ndarray:
   elif channels != 3:
     raise ValueError(f"unsupported channel count {channels}")
   return np.clip(values, 0, 1)
+
+
+def as_image(image: Any, size: int, name: str = "image") -> np.ndarray:
+  """An RGB, gray or RGBA image (uint8, uint16 or float in [0, 1]) -> float32 ``(size, size, 3)``.
+
+  Conversion by ``to_rgb_float``; other sizes are resized (``resize``,
+  anti-aliased bilinear, aspect not kept: crop first to keep it), which is logged.
+  """
+  array = np.asarray(image)
+  if array.ndim not in (2, 3):
+    raise ValueError(f"{name}: want an (H, W, 3) RGB image, got shape {array.shape}")
+  try:
+    array = to_rgb_float(array)
+  except ValueError as error:
+    raise ValueError(f"{name}: {error} (shape {array.shape})") from error
+  if array.shape[:2] != (size, size):
+    logging.info(
+      "%s: resized from %dx%d to %dx%d", name, array.shape[1], array.shape[0], size, size
+    )
+    array = resize(array, size)
+  return np.clip(array, 0.0, 1.0)
 
 
 def read_image(path: str) -> np.ndarray:

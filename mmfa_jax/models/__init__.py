@@ -13,11 +13,19 @@ from mmfa_jax.models.generator import (
 from mmfa_jax.models.he_estimator import HEEstimator, HETrunk
 from mmfa_jax.models.hopenet import Hopenet, prepare_hopenet_input
 from mmfa_jax.models.keypoint_detector import KPDetector
-from mmfa_jax.models.motion import MotionEstimator, motion_estimator_from_config
+from mmfa_jax.models.motion import FaceVid2VidMotionEstimator, MMFAMotionEstimator
 from mmfa_jax.models.motion_heads import ExpressionDecoder, ExpressionEncoder, ScaleTranslationHead
 from mmfa_jax.models.perceptual import VGG19, VGGFace
+from mmfa_jax.models.variants import (
+  MMFA,
+  FaceVid2Vid,
+  Variant,
+  motion_estimator_from_config,
+  variant_from_config,
+)
 
 __all__ = [
+  "MMFA",
   "VGG19",
   "AnimationModel",
   "DenseMotionNetwork",
@@ -25,12 +33,14 @@ __all__ = [
   "ExpressionDecoder",
   "ExpressionEncoder",
   "ExpressionVAE",
+  "FaceVid2Vid",
+  "FaceVid2VidMotionEstimator",
   "HEEstimator",
   "HETrunk",
   "Hopenet",
   "KPDetector",
   "LatentDiscriminator",
-  "MotionEstimator",
+  "MMFAMotionEstimator",
   "MultiScaleDiscriminator",
   "MultiScaleGenerator",
   "OcclusionAwareGenerator",
@@ -38,7 +48,9 @@ __all__ = [
   "SPADEGenerator",
   "ScaleTranslationHead",
   "VGGFace",
+  "Variant",
   "animation_model_from_config",
   "motion_estimator_from_config",
   "prepare_hopenet_input",
+  "variant_from_config",
 ]

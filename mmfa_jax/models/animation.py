@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from mmfa_jax.models.generator import MultiScaleGenerator, OcclusionAwareGenerator, SPADEGenerator
-from mmfa_jax.models.motion import MotionEstimator, motion_estimator_kwargs
+from mmfa_jax.models.motion import HeadPose, motion_sections
+from mmfa_jax.models.variants import Variant, as_variant, variant_from_config
 
 Dtype = Any
 GeneratorKind = Literal["multiscale", "spade", "original"]
@@ -25,46 +26,6 @@ GENERATORS = {
   "spade": SPADEGenerator,
   "original": OcclusionAwareGenerator,
 }
-
-
-# Where the frozen, separately converted Hopenet sits in an MMFA model's variable tree.
-FROZEN_POSE_PATH = ("motion_estimator", "pose")
-
-
-def _with_path(tree: Any, path: tuple[str, ...], value: Any) -> dict[str, Any]:
-  tree = dict(tree)
-  if len(path) == 1:
-    tree[path[0]] = value
-  else:
-    tree[path[0]] = _with_path(tree.get(path[0], {}), path[1:], value)
-  return tree
-
-
-def _without_path(tree: Any, path: tuple[str, ...]) -> dict[str, Any]:
-  tree = dict(tree)
-  if len(path) == 1:
-    tree.pop(path[0], None)
-  elif path[0] in tree:
-    tree[path[0]] = _without_path(tree[path[0]], path[1:])
-  return tree
-
-
-def with_frozen_pose_network(variables: Any, pose_variables: Any) -> dict[str, Any]:
-  """A copy of ``{'params', 'batch_stats'}`` with the frozen Hopenet's variables put in place."""
-  return {
-    collection: _with_path(
-      variables.get(collection, {}), FROZEN_POSE_PATH, pose_variables.get(collection, {})
-    )
-    for collection in ("params", "batch_stats")
-  }
-
-
-def without_frozen_pose_network(variables: Any) -> dict[str, Any]:
-  """A copy of ``{'params', 'batch_stats'}`` less the frozen Hopenet (no-op where absent)."""
-  return {
-    collection: _without_path(variables.get(collection, {}), FROZEN_POSE_PATH)
-    for collection in ("params", "batch_stats")
-  }
 
 
 def _broadcast_batch(tree: Any, batch: int) -> Any:
@@ -82,14 +43,19 @@ class AnimationModel(nn.Module):
   """Source image + driving frames -> generated frames and every intermediate.
 
   Attributes:
-    variant: ``'mmfa'`` or ``'face_vid2vid'`` (see ``MotionEstimator``).
+    variant: a ``models.variants.Variant`` or its name (``'mmfa'``, ``'face_vid2vid'``); it
+      builds the motion estimator (``models.motion``).
     generator_kind: ``'multiscale'`` (MMFA), ``'spade'`` (released face-vid2vid) or ``'original'``.
-    motion: keyword arguments of ``MotionEstimator`` (sub-network configs).
+    motion: sub-network keyword arguments (``models.motion.motion_sections``).
+
+  ``head_pose`` arguments: the frozen pose network's ``{'yaw', 'pitch', 'roll'}`` (degrees, ``(B,)``)
+  of the same frames, for an MMFA model with the pretrained Hopenet (``Variant.head_pose``);
+  ignored otherwise.
     generator: keyword arguments of the generator (its ``dense_motion`` included).
     dtype: computation dtype.
   """
 
-  variant: str = "mmfa"
+  variant: str | Variant = "mmfa"
   generator_kind: GeneratorKind = "multiscale"
   motion: dict[str, Any] | None = None
   generator: dict[str, Any] | None = None
@@ -100,17 +66,17 @@ class AnimationModel(nn.Module):
       raise ValueError(
         f"generator_kind must be one of {sorted(GENERATORS)}, got {self.generator_kind!r}"
       )
-    self.motion_estimator = MotionEstimator(
-      variant=self.variant, **(self.motion or {}), dtype=self.dtype
-    )
+    self.motion_estimator = as_variant(self.variant).motion_estimator(self.motion or {}, self.dtype)
     self.image_generator = GENERATORS[self.generator_kind](
       **(self.generator or {}), dtype=self.dtype
     )
 
-  def encode_source(self, source: jax.Array, train: bool = False) -> dict[str, Any]:
+  def encode_source(
+    self, source: jax.Array, train: bool = False, head_pose: HeadPose | None = None
+  ) -> dict[str, Any]:
     """``(B, H, W, 3)`` -> ``{'motion': source motion dict, 'feature_3d': (B, D, h, w, C)}``."""
     return {
-      "motion": self.motion_estimator.source_motion(source, train),
+      "motion": self.motion_estimator.source_motion(source, train, head_pose),
       "feature_3d": self.image_generator.encode(source, train),
     }
 
@@ -120,6 +86,7 @@ class AnimationModel(nn.Module):
     driving: jax.Array,
     train: bool = False,
     kp_driving: jax.Array | None = None,
+    head_pose: HeadPose | None = None,
   ) -> dict[str, Any]:
     """Generates one frame per driving frame.
 
@@ -129,6 +96,7 @@ class AnimationModel(nn.Module):
       train: BatchNorm / spectral-norm mode.
       kp_driving: optional ``(B, K, 3)`` keypoints replacing the driving motion's (editing,
         relative motion); the driving motion is still returned.
+      head_pose: of the driving frames (class docstring).
 
     Returns:
       generator outputs (``prediction`` ``(B, H, W, 3)``, ``predictions`` for the multi-scale
@@ -138,7 +106,7 @@ class AnimationModel(nn.Module):
     state = _broadcast_batch(source_state, driving.shape[0])
     source_motion = state["motion"]
     driving_motion = self.motion_estimator.driving_motion(
-      driving, source_motion["canonical_kp"], train
+      driving, source_motion["canonical_kp"], train, head_pose
     )
     kp_target = driving_motion["kp"] if kp_driving is None else kp_driving
     outputs = self.image_generator.decode(
@@ -152,11 +120,13 @@ class AnimationModel(nn.Module):
       driving_motion=driving_motion,
     )
 
-  def frame_motion(self, frames: jax.Array, canonical_kp: jax.Array) -> dict[str, jax.Array]:
+  def frame_motion(
+    self, frames: jax.Array, canonical_kp: jax.Array, head_pose: HeadPose | None = None
+  ) -> dict[str, jax.Array]:
     """Eval-mode motion of ``(B, H, W, 3)`` frames on (source) canonical keypoints ``(B or 1, K, 3)``
-    (see ``MotionEstimator.frame_motion``)."""
+    (see ``MMFAMotionEstimator.frame_motion``)."""
     canonical_kp = jnp.broadcast_to(canonical_kp, (frames.shape[0], *canonical_kp.shape[1:]))
-    return self.motion_estimator.driving_motion(frames, canonical_kp, False)
+    return self.motion_estimator.driving_motion(frames, canonical_kp, False, head_pose)
 
   def render(self, source_state: dict[str, Any], kp_driving: jax.Array) -> dict[str, Any]:
     """Eval-mode generator outputs for target keypoints ``(B, K, 3)`` (editing, relative motion):
@@ -172,8 +142,17 @@ class AnimationModel(nn.Module):
     canonical_kp = jnp.broadcast_to(canonical_kp, (latent.shape[0], *canonical_kp.shape[1:]))
     return self.motion_estimator.exp_decoder(latent, canonical_kp, False)
 
-  def __call__(self, source: jax.Array, driving: jax.Array, train: bool = False) -> dict[str, Any]:
-    return self.animate(self.encode_source(source, train), driving, train)
+  def __call__(
+    self,
+    source: jax.Array,
+    driving: jax.Array,
+    train: bool = False,
+    head_poses: tuple[HeadPose, HeadPose] | None = None,
+  ) -> dict[str, Any]:
+    """``animate(encode_source(source), driving)``; ``head_poses``: (source, driving)."""
+    source_pose, driving_pose = head_poses or (None, None)
+    state = self.encode_source(source, train, source_pose)
+    return self.animate(state, driving, train, head_pose=driving_pose)
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute dtypes by their config names
@@ -187,9 +166,9 @@ def animation_model_from_config(model_config: Any, dtype: Dtype | None = None) -
   if kind == "spade":
     generator.setdefault("first_kernel_size", 3)
   return AnimationModel(
-    variant=model_config.get("variant", "mmfa"),
+    variant=variant_from_config(model_config),
     generator_kind=kind,
-    motion=motion_estimator_kwargs(model_config),
+    motion=motion_sections(model_config),
     generator=generator,
     dtype=dtype,
   )

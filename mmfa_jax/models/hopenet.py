@@ -107,3 +107,10 @@ class Hopenet(nn.Module):
     """Raw ``(B, H, W, 3)`` images in [0, 1] -> yaw, pitch, roll in degrees, each ``(B,)``."""
     logits = self(prepare_hopenet_input(images))
     return {name: bins_to_degrees(value) for name, value in logits.items()}
+
+
+def hopenet_head_pose(network: Hopenet, variables: Any, images: jax.Array) -> dict[str, jax.Array]:
+  """Head pose of ``(B, H, W, 3)`` frames in [0, 1] by a frozen Hopenet (``Hopenet.angles``, inference
+  mode): ``{'yaw', 'pitch', 'roll'}``, ``(B,)`` float32 degrees,
+  gradients stopped."""
+  return jax.lax.stop_gradient(network.apply(variables, images, method=Hopenet.angles))

@@ -21,7 +21,7 @@ from mmfa_jax.models.expression_vae import ExpressionVAE
 from mmfa_jax.models.he_estimator import HEEstimator
 from mmfa_jax.models.hopenet import HOPENET_SIZE, Hopenet
 from mmfa_jax.models.keypoint_detector import KPDetector
-from mmfa_jax.models.motion import motion_estimator_from_config
+from mmfa_jax.models.motion import motion_sections
 from mmfa_jax.models.motion_heads import ExpressionDecoder, ExpressionEncoder, ScaleTranslationHead
 from mmfa_jax.models.perceptual import VGG19, VGGFace
 
@@ -60,7 +60,7 @@ def summarise_networks(config: Any, batch: int = 1) -> dict[str, dict[str, Any]]
   size = config.image_size
   image = jax.ShapeDtypeStruct((batch, size, size, config.image_channels), jnp.float32)
   model = config.model
-  estimator = motion_estimator_from_config(model)  # resolves each network's keyword arguments
+  sections = motion_sections(model)  # each network's keyword arguments
   num_kp = model.num_kp
   keypoints = jax.ShapeDtypeStruct((batch, num_kp, 3), jnp.float32)
   depth = model.generator.reshape_depth
@@ -78,14 +78,16 @@ def summarise_networks(config: Any, batch: int = 1) -> dict[str, dict[str, Any]]
     return kwargs
 
   hopenet_input = jax.ShapeDtypeStruct((batch, HOPENET_SIZE, HOPENET_SIZE, 3), jnp.float32)
-  e = estimator
+  e = sections
   return {
-    "kp_detector": _summarise(KPDetector(**e.kp_detector), image),
-    "he_estimator": _summarise(HEEstimator(**e.he_estimator), image),
-    "hopenet": _summarise(Hopenet(**e.hopenet), hopenet_input),
-    "scale_translation": _summarise(ScaleTranslationHead(**e.scale_translation), image),
-    "expression_encoder": _summarise(ExpressionEncoder(**e.expression_encoder), image),
-    "expression_decoder": _summarise(ExpressionDecoder(**e.expression_decoder), latent, keypoints),
+    "kp_detector": _summarise(KPDetector(**e["kp_detector"]), image),
+    "he_estimator": _summarise(HEEstimator(**e["he_estimator"]), image),
+    "hopenet": _summarise(Hopenet(**e["hopenet"]), hopenet_input),
+    "scale_translation": _summarise(ScaleTranslationHead(**e["scale_translation"]), image),
+    "expression_encoder": _summarise(ExpressionEncoder(**e["expression_encoder"]), image),
+    "expression_decoder": _summarise(
+      ExpressionDecoder(**e["expression_decoder"]), latent, keypoints
+    ),
     "dense_motion": _summarise(
       DenseMotionNetwork(**dict(model.dense_motion)), volume, keypoints, keypoints
     ),

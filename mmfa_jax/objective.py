@@ -241,7 +241,8 @@ class Objective:
     self.disc_scales = tuple(float(s) for s in config.model.discriminator.scales)
 
   # -- frozen feature extractors
-  def _perceptual_features(self, frozen: Mapping[str, Any]) -> tuple[Callable, tuple[float, ...]]:
+  def perceptual_features(self, frozen: Mapping[str, Any]) -> tuple[Callable, tuple[float, ...]]:
+    """``(features(images) -> list of feature maps, layer weights)``: VGG19's or the pixels'."""
     weights = tuple(self.loss.perceptual_layer_weights)
     if self.loss.perceptual_features == "pixels":
       return (lambda images: [images]), weights[:1]
@@ -358,7 +359,7 @@ class TermInputs:
 
 def _perceptual(x: TermInputs) -> jax.Array:
   loss, generated = x.objective.loss, x.out["generated"]
-  features, layer_weights = x.objective._perceptual_features(x.frozen)
+  features, layer_weights = x.objective.perceptual_features(x.frozen)
   driving = x.batch["driving"]
   if "predictions" in generated:  # MMFA's multi-scale generator: one output per size
     return losses.multiscale_perceptual(

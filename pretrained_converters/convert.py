@@ -32,6 +32,7 @@ from mmfa_jax.models import (
 )
 from mmfa_jax.models.discriminator import scale_name
 from mmfa_jax.models.hopenet import HOPENET_SIZE
+from mmfa_jax.models.variants import FaceVid2Vid
 from pretrained_converters import he_estimator, hopenet, keypoint_detector, synthesis
 from pretrained_converters.common import CheckpointError, read_weights_file, state_dict_entry
 from pretrained_converters.motion import assemble
@@ -112,7 +113,7 @@ def face_vid2vid_model(config: Any, generator: str) -> Any:
   """The ``AnimationModel`` a face-vid2vid checkpoint converts into (variant face_vid2vid)."""
   model_config = config.model
   with model_config.unlocked():
-    model_config.variant = "face_vid2vid"
+    model_config.variant = FaceVid2Vid.name
     model_config.generator.kind = generator
   return animation_model_from_config(model_config)
 

@@ -90,3 +90,21 @@ def save_training_run(workdir: Any, config: Any, variables: Any, step: int = 3) 
     checkpoints.save(step, state, {"params": {"w": np.zeros(2, np.float32)}})
   finally:
     checkpoints.close()
+
+
+def save_random_face_vid2vid(directory: Any, size: int = 64, seed: int = 0) -> str:
+  """A converted face_vid2vid directory of a random tiny model (``synthetic.py:tiny:face_vid2vid``),
+  as ``tools/convert_torch_weights.py`` writes it."""
+  from configs import synthetic
+  from mmfa_jax.checkpoints import save_converted
+  from mmfa_jax.models import animation_model_from_config
+
+  config = synthetic.get_config("tiny:face_vid2vid")
+  image = np.zeros((1, size, size, 3), np.float32)
+  variables = random_variables(animation_model_from_config(config.model), image, image, seed=seed)
+  save_converted(
+    directory,
+    {"model": variables},
+    {"kind": "face_vid2vid", "model_config": config.model.to_json(), "image_size": size},
+  )
+  return str(directory)

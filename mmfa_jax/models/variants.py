@@ -241,11 +241,18 @@ class FaceVid2Vid(Variant):
     return reference_rotation_matrix(yaw, pitch, roll)
 
   def keypoints(self, canonical_kp, rotation, translation, scale, expression_deformation):
-    """``s (R x_c + delta) + t``: the reference's ``R x_c + t + delta`` at ``s = 1``."""
+    """``s (R x_c + delta) + t`` (``mmfa_keypoints``' posed frame): the reference's
+    ``R x_c + t + delta`` at ``s = 1``."""
     batch = rotation.shape[0]
     canonical_kp = jnp.broadcast_to(canonical_kp, (batch, *canonical_kp.shape[1:]))
-    posed = jnp.einsum("bij,bkj->bki", rotation, canonical_kp) + expression_deformation
-    return jnp.reshape(scale, (batch, 1, 1)) * posed + translation[:, None, :]
+    return mmfa_keypoints(
+      canonical_kp,
+      rotation,
+      translation,
+      scale,
+      expression_deformation,
+      deformation_frame="posed",
+    )
 
   def driving_keypoints(
     self, source, driving, initial, *, mode, adapt_scale, movement_scale, given, canonical_kp

@@ -161,6 +161,22 @@ def window_kernel_gradient(
   return jnp.stack(taps).reshape(kernel_shape).astype(inputs.dtype)
 
 
+def _taps_or_native(
+  inputs: jax.Array,
+  kernel: jax.Array,
+  strides: tuple[int, ...],
+  padding: tuple[tuple[int, int], ...],
+  groups: int,
+  precision: Any,
+) -> jax.Array:
+  """The forward of ``'depth_taps'`` and ``'decomposed'``: depth taps for 3D, XLA's for 2D."""
+  if inputs.ndim == 5:
+    return conv3d_depth_taps(
+      inputs, kernel, strides, padding, feature_group_count=groups, precision=precision
+    )
+  return _native_conv(inputs, kernel, strides, padding, groups, precision)
+
+
 @functools.cache
 def _decomposed_conv(
   strides: tuple[int, ...],
@@ -172,11 +188,7 @@ def _decomposed_conv(
   """The decomposed convolution for one static configuration, with its custom gradient."""
 
   def forward(inputs, kernel, padding=padding):
-    if num_spatial == 3:
-      return conv3d_depth_taps(
-        inputs, kernel, strides, padding, feature_group_count=groups, precision=precision
-      )
-    return _native_conv(inputs, kernel, strides, padding, groups, precision)
+    return _taps_or_native(inputs, kernel, strides, padding, groups, precision)
 
   @jax.custom_vjp
   def convolve(inputs, kernel):
@@ -244,12 +256,10 @@ def conv(
     implementation = resolved_conv_implementation()
   strides = tuple(int(v) for v in strides)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if implementation == "native" or (implementation == "depth_taps" and inputs.ndim == 4):
+  if implementation == "native":
     return _native_conv(inputs, kernel, strides, padding, feature_group_count, precision)
   if implementation == "depth_taps":
-    return conv3d_depth_taps(
-      inputs, kernel, strides, padding, feature_group_count=feature_group_count, precision=precision
-    )
+    return _taps_or_native(inputs, kernel, strides, padding, feature_group_count, precision)
   if implementation != "decomposed":
     raise ValueError(f"unknown convolution implementation {implementation!r}")
   convolve = _decomposed_conv(strides, padding, feature_group_count, precision, inputs.ndim - 2)

@@ -1,0 +1,400 @@
+"""The paper's evaluation protocol: ``python -m mmfa_jax.evaluate``.
+
+    python -m mmfa_jax.evaluate --checkpoint RUN --data ROOT --protocol reconstruction --output OUT
+    python -m mmfa_jax.evaluate --checkpoint RUN --data synthetic --protocol cross_identity ...
+
+- ``reconstruction`` (FOMM's protocol): per test video, frame 0 is the source and every frame is
+  driven with absolute motion; each generated frame is compared with the real one.
+- ``cross_identity``: the first frame of one video (the source identity) driven by another
+  identity's video with relative motion (``--pairs CSV`` with ``source,driving`` columns, or a
+  deterministic pairing of each video with the next one of another identity). Real videos have no
+  ground truth for this, so only FID is computed there (against the driving videos' frames). On
+  ``--data synthetic`` the renderer draws the exact target (the source identity with the source's
+  pose moved by the driver's change since its first frame, and the driver's expression), so every
+  metric is computed against it.
+
+Generated frames are written as 8-bit PNG (``OUT/frames/<video>/<index:07d>.png``) and every metric
+is computed on those saved frames, so anyone can recompute them. ``OUT/metrics.json`` holds the
+averages over all evaluated frames, the copy-the-source baseline (the source image as the
+prediction of every frame: the floor any model must beat), counts and the SHA-256 of the metric
+networks' weights; ``OUT/table.md`` the paper's Table 1 layout with the columns it can fill.
+LPIPS and FID need converted weights (``tools/convert_torch_weights.py lpips|inception``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from mmfa_jax import cli
+
+PROTOCOLS = ("reconstruction", "cross_identity")
+METRICS = ("l1", "psnr", "ssim", "lpips", "fid")
+HELD_OUT_SEED = 1_000_003  # synthetic identities never seen in training (training seeds are small)
+SYNTHETIC_VIDEOS = 8
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog="python -m mmfa_jax.evaluate",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  cli.add_model_arguments(parser)
+  parser.add_argument("--data", required=True,
+                      help="data set root (videos under ROOT/test: files or frame folders), or "
+                      "'synthetic' for held-out synthetic heads")  # fmt: skip
+  parser.add_argument("--protocol", choices=PROTOCOLS, default="reconstruction",
+                      help="same-identity reconstruction or cross-identity reenactment")  # fmt: skip
+  parser.add_argument("--pairs", help="cross_identity: CSV with source,driving columns (video "
+                      "names under ROOT/test); default: each video with the next of another "
+                      "identity")  # fmt: skip
+  parser.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} (default: "
+                      "all whose weights are given)")  # fmt: skip
+  parser.add_argument("--num-videos", "--num_videos", type=int,
+                      help=f"evaluate the first N videos (synthetic: default {SYNTHETIC_VIDEOS})")  # fmt: skip
+  parser.add_argument("--max-frames", "--max_frames", type=int,
+                      help="at most F frames per driving video")  # fmt: skip
+  parser.add_argument("--lpips", help="converted LPIPS directory (tools/convert_torch_weights.py "
+                      "lpips)")  # fmt: skip
+  parser.add_argument("--inception", help="converted FID Inception directory "
+                      "(tools/convert_torch_weights.py inception)")  # fmt: skip
+  parser.add_argument("--output", required=True,
+                      help="output folder: frames/, metrics.json, table.md")  # fmt: skip
+  return parser
+
+
+# --------------------------------------------------------------------------------------------
+# What is evaluated
+
+
+@dataclasses.dataclass
+class Item:
+  """One evaluated video: the source image, the driving frames and, where known, the targets
+  (all ``(S, S, 3)`` / ``(T, S, S, 3)`` float32 in [0, 1])."""
+
+  name: str
+  source: np.ndarray | None  # None: an unreadable video, skipped
+  driving: np.ndarray | None
+  target: np.ndarray | None
+
+
+def _limit(frames: np.ndarray, max_frames: int | None) -> np.ndarray:
+  return frames if max_frames is None else frames[:max_frames]
+
+
+def _identity(name: str) -> str:
+  """A video's identity: its name up to the first ``#`` (VoxCeleb's ``id#video`` convention)."""
+  return name.split("#", 1)[0]
+
+
+def default_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+  """Each video with the next one (cyclically, in name order) of another identity."""
+  names = sorted(names)
+  pairs = []
+  for i, name in enumerate(names):
+    others = [names[(i + k) % len(names)] for k in range(1, len(names))]
+    driving = next((o for o in others if _identity(o) != _identity(name)), None)
+    if driving is not None:
+      pairs.append((name, driving))
+  return pairs
+
+
+def synthetic_items(
+  protocol: str, size: int, num_videos: int, max_frames: int | None
+) -> Iterator[Item]:
+  """Held-out synthetic heads (``HELD_OUT_SEED``) with exact targets for both protocols."""
+  from mmfa_jax.data.synthetic import SyntheticHeads, render_head
+
+  heads = SyntheticHeads(seed=HELD_OUT_SEED, num_videos=num_videos)
+  frames = heads.num_frames if max_frames is None else min(max_frames, heads.num_frames)
+  for video in range(num_videos):
+    if protocol == "reconstruction":
+      clip = np.stack([heads.frame(video, f, size) for f in range(frames)])
+      yield Item(f"synthetic{video:03d}", clip[0], clip, clip)
+      continue
+    driver = (video + 1) % num_videos
+    clip = np.stack([heads.frame(driver, f, size) for f in range(frames)])
+    source_motion, first = heads.motion(video, 0), heads.motion(driver, 0)
+    targets = []
+    for f in range(frames):
+      moved = dict(heads.motion(driver, f))  # the driver's expression
+      for name in ("yaw", "pitch", "roll", "tx", "ty"):
+        moved[name] = source_motion[name] + moved[name] - first[name]
+      moved["scale"] = source_motion["scale"] * moved["scale"] / first["scale"]
+      targets.append(render_head(heads.identity(video), moved, size))
+    yield Item(
+      f"synthetic{video:03d}_by_synthetic{driver:03d}",
+      heads.frame(video, 0, size),
+      clip,
+      np.stack(targets),
+    )
+
+
+def folder_items(
+  root: str, protocol: str, size: int, num_videos: int | None, max_frames: int | None, pairs: Any
+) -> Iterator[Item]:
+  """Test videos of ``ROOT/test`` (reconstruction) or pairs of them (cross_identity); the folder
+  and the pairs are checked here, the videos read as the iterator goes (an unreadable one in
+  reconstruction is skipped and counted)."""
+  from mmfa_jax.data.evaluation import read_pairs_csv, split_videos
+
+  try:
+    videos = split_videos(root)
+    chosen = read_pairs_csv(pairs) if protocol == "cross_identity" and pairs else None
+  except (OSError, ValueError) as error:
+    raise cli.CommandError(str(error)) from None
+  if not videos:
+    raise cli.CommandError(f"{os.path.join(root, 'test')}: no videos (files or frame folders)")
+  by_name = {os.path.basename(v): v for v in videos}
+  if protocol == "reconstruction":
+    return _reconstruction_stream(by_name, sorted(by_name)[:num_videos], size, max_frames)
+  chosen = (chosen if pairs else default_pairs(list(by_name)))[:num_videos]
+  if not chosen:
+    raise cli.CommandError(f"{root}: no pair of videos of different identities to evaluate")
+  for name in (n for pair in chosen for n in pair):
+    if name not in by_name:
+      raise cli.CommandError(f"{pairs}: names {name!r}, not found in {root}/test")
+  return _pair_stream(by_name, chosen, size, max_frames)
+
+
+def _reconstruction_stream(
+  by_name: dict[str, str], names: list[str], size: int, max_frames: int | None
+) -> Iterator[Item]:
+  from mmfa_jax.data.evaluation import read_video
+  from mmfa_jax.data.video import FrameReadError
+
+  for name in names:
+    try:
+      clip = _limit(read_video(by_name[name], size), max_frames)
+    except FrameReadError as error:
+      logging.warning("skipped: %s", error)
+      yield Item(name, None, None, None)  # counted as skipped
+      continue
+    yield Item(name, clip[0], clip, clip)
+
+
+def _pair_stream(
+  by_name: dict[str, str], pairs: list[tuple[str, str]], size: int, max_frames: int | None
+) -> Iterator[Item]:
+  from mmfa_jax.data.evaluation import read_video
+  from mmfa_jax.data.video import read_frames, resize
+
+  for source_name, driving_name in pairs:
+    source = resize(read_frames(by_name[source_name], [0])[0], size)
+    clip = _limit(read_video(by_name[driving_name], size), max_frames)
+    yield Item(f"{source_name}_by_{driving_name}", source, clip, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Metric networks
+
+
+class Scorer:
+  """Accumulates per-frame metrics and FID statistics for one set of predictions."""
+
+  def __init__(self, wanted: Sequence[str], lpips: Any, inception: Any):
+    self.wanted = wanted
+    self.values: dict[str, list[float]] = {k: [] for k in wanted if k != "fid"}
+    self.lpips, self.inception = lpips, inception
+    self.generated = self.real = None
+    if "fid" in wanted:
+      from mmfa_jax.metrics import FeatureStatistics
+
+      self.generated, self.real = FeatureStatistics(2048), FeatureStatistics(2048)
+
+  def add(self, prediction: np.ndarray, target: np.ndarray | None, real: np.ndarray) -> None:
+    from mmfa_jax.metrics import image_metrics
+
+    if target is not None:
+      pixel = image_metrics(prediction, target)
+      for name in ("l1", "psnr", "ssim"):
+        if name in self.values:
+          self.values[name].extend(np.asarray(pixel[name]).tolist())
+      if "lpips" in self.values:
+        self.values["lpips"].extend(np.asarray(self.lpips(prediction, target)).tolist())
+    if self.generated is not None:
+      self.generated.add(np.asarray(self.inception(prediction)))
+      self.real.add(np.asarray(self.inception(real)))
+
+  def summary(self) -> dict[str, float]:
+    from mmfa_jax.metrics import fid, mean_finite
+
+    out = {name: mean_finite(values) for name, values in self.values.items() if values}
+    if self.generated is not None:
+      out["fid"] = fid(self.real, self.generated)
+    return out
+
+
+def _jitted_network(kind: str, directory: str) -> tuple[Any, str]:
+  """``(compiled function, weights sha256)`` of a converted metric network."""
+  import jax
+
+  from mmfa_jax.checkpoints import file_sha256, load_converted
+
+  variables, metadata = load_converted(directory, kind)
+  sha = metadata.get("source_sha256") or file_sha256(os.path.join(directory, "metadata.json"))
+  if kind == "lpips":
+    from mmfa_jax.models.lpips import LPIPS
+
+    return jax.jit(lambda x, y: LPIPS().apply(variables, x, y)), sha
+  from mmfa_jax.models.inception import FIDInception
+
+  return jax.jit(lambda x: FIDInception().apply(variables, x)), sha
+
+
+def chosen_metrics(args: argparse.Namespace, has_targets: bool) -> list[str]:
+  """The metrics to compute: ``--metrics`` (checked against the weights given) or every one that
+  can be computed."""
+  weights = {"lpips": args.lpips, "fid": args.inception}
+  pixel = ["l1", "psnr", "ssim", "lpips"]
+  if args.metrics:
+    wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in METRICS]
+    if unknown:
+      raise cli.CommandError(f"--metrics: unknown {unknown}; choose from {','.join(METRICS)}")
+    for name, directory in weights.items():
+      if name in wanted and not directory:
+        flag = "--lpips" if name == "lpips" else "--inception"
+        raise cli.CommandError(f"--metrics {name} needs converted weights: pass {flag} DIR")
+  else:
+    wanted = [m for m in METRICS if m not in weights or weights[m]]
+  if not has_targets:
+    dropped = [m for m in wanted if m in pixel]
+    if args.metrics and dropped:
+      raise cli.CommandError(
+        f"cross_identity on real videos has no ground truth: {','.join(dropped)} cannot be "
+        "computed (only fid)"
+      )
+    wanted = [m for m in wanted if m not in pixel]
+  if not wanted:
+    raise cli.CommandError("no metric to compute (cross_identity on real videos needs --inception)")
+  return wanted
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def _save_frames(folder: str, frames: np.ndarray) -> np.ndarray:
+  """Writes 8-bit PNGs and returns the frames as read back (what the metrics see)."""
+  from mmfa_jax.data.video import read_image, write_image
+
+  os.makedirs(folder, exist_ok=True)
+  saved = []
+  for index, frame in enumerate(frames):
+    path = os.path.join(folder, f"{index:07d}.png")
+    write_image(path, frame)
+    saved.append(read_image(path))
+  return np.stack(saved)
+
+
+def table_markdown(protocol: str, results: dict[str, dict[str, float]]) -> str:
+  """The paper's Table 1 layout (reconstruction: L1, PSNR, SSIM, LPIPS, FID; cross-identity: FID,
+  and on synthetic data the pixel metrics against the exact target) with what was computed."""
+  columns = [("l1", "L1 ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"),
+             ("fid", "FID ↓")]  # fmt: skip
+  title = "Same-identity reconstruction" if protocol == "reconstruction" else "Cross-identity"
+  lines = [f"### {title}", "", "| method | " + " | ".join(c[1] for c in columns) + " |",
+           "|---|" + "---|" * len(columns)]  # fmt: skip
+  for method, values in results.items():
+    cells = [f"{values[k]:.4f}" if k in values else "–" for k, _ in columns]
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+  """Runs the protocol (module docstring) and writes ``OUT``; returns the metrics.json dict."""
+  from tqdm import tqdm
+
+  synthetic = args.data == "synthetic"
+  if not synthetic and not os.path.isdir(args.data):
+    raise cli.CommandError(f"{args.data}: no such data folder (or pass --data synthetic)")
+  if args.pairs and (synthetic or args.protocol != "cross_identity"):
+    raise cli.CommandError("--pairs applies to --protocol cross_identity on a data folder")
+  if args.pairs and not os.path.isfile(args.pairs):
+    raise cli.CommandError(f"{args.pairs}: no such pairs file")
+  for flag, value in (("--num-videos", args.num_videos), ("--max-frames", args.max_frames)):
+    if value is not None and value < 1:
+      raise cli.CommandError(f"{flag} must be at least 1, got {value}")
+  if os.path.isfile(args.output):
+    raise cli.CommandError(f"{args.output}: is a file; --output is a folder")
+  wanted = chosen_metrics(args, synthetic or args.protocol == "reconstruction")
+  networks = {"lpips": args.lpips, "inception": args.inception}
+  loaded = {k: _jitted_network(k, d) for k, d in networks.items() if d and _uses(k, wanted)}
+  animator = cli.load_animator(args)
+  size = animator.image_size
+  if synthetic:
+    items = synthetic_items(
+      args.protocol, size, args.num_videos or SYNTHETIC_VIDEOS, args.max_frames
+    )
+  else:
+    items = folder_items(
+      args.data, args.protocol, size, args.num_videos, args.max_frames, args.pairs
+    )
+  lpips_fn = loaded.get("lpips", (None,))[0]
+  inception_fn = loaded.get("inception", (None,))[0]
+  model = Scorer(wanted, lpips_fn, inception_fn)
+  baseline = Scorer(wanted, lpips_fn, inception_fn)
+  mode = "absolute" if args.protocol == "reconstruction" else "relative"
+  counts = {"videos": 0, "frames": 0, "skipped_videos": 0}
+  with tqdm(desc="evaluate", unit="frame", dynamic_ncols=True) as progress:
+    for item in items:
+      if item.source is None:
+        counts["skipped_videos"] += 1
+        continue
+      generated = np.stack(list(animator.iter_animate(item.source, item.driving, mode=mode)))
+      saved = _save_frames(os.path.join(args.output, "frames", item.name), generated)
+      real = item.target if item.target is not None else item.driving
+      copies = np.broadcast_to(item.source, item.driving.shape)
+      for start in range(0, len(saved), args.batch_size):
+        rows = slice(start, start + args.batch_size)
+        target = None if item.target is None else item.target[rows]
+        model.add(saved[rows], target, real[rows])
+        baseline.add(np.ascontiguousarray(copies[rows]), target, real[rows])
+      counts["videos"] += 1
+      counts["frames"] += len(saved)
+      progress.update(len(saved))
+  if counts["frames"] == 0:
+    raise cli.CommandError(f"{args.data}: no readable video to evaluate")
+  result = {
+    "metrics": model.summary(),
+    "baselines": {"copy_source": baseline.summary()},
+    "counts": counts,
+    "protocol": args.protocol,
+    "mode": mode,
+    "data": "synthetic" if synthetic else os.path.abspath(args.data),
+    "checkpoint": os.path.abspath(args.checkpoint),
+    "weights": {k: sha for k, (_, sha) in loaded.items()},
+    "notes": "per-frame values averaged over all frames; an exact frame's PSNR counts as 100 dB",
+  }
+  with open(os.path.join(args.output, "metrics.json"), "w") as handle:
+    json.dump(result, handle, indent=2, sort_keys=True)
+  table = table_markdown(
+    args.protocol,
+    {"mmfa_jax": result["metrics"], "copy source": result["baselines"]["copy_source"]},
+  )
+  with open(os.path.join(args.output, "table.md"), "w") as handle:
+    handle.write(table)
+  print(table, end="")
+  return result
+
+
+def _uses(network: str, wanted: Sequence[str]) -> bool:
+  return ("lpips" in wanted) if network == "lpips" else ("fid" in wanted)
+
+
+def main(argv: list[str] | None = None) -> int:
+  return cli.run(evaluate, build_parser(), argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -27,7 +27,7 @@ import mmfa_jax
 
 METADATA_FILE = "metadata.json"
 ARRAYS_DIR = "arrays"
-KINDS = ("hopenet", "vgg19", "vggface", "face_vid2vid")
+KINDS = ("hopenet", "vgg19", "vggface", "face_vid2vid", "lpips", "inception")
 
 
 class ConvertedWeightsError(ValueError):
@@ -120,8 +120,7 @@ def load_converted(
 
   Args:
     directory: written by ``save_converted`` (``tools/convert_torch_weights.py``).
-    kind: if given, the directory must hold this kind (``'hopenet'``, ``'vgg19'``, ``'vggface'``,
-      ``'face_vid2vid'``).
+    kind: if given, the directory must hold this kind (one of ``KINDS``).
 
   Raises:
     ConvertedWeightsError: missing directory, not a converted directory, wrong kind, or arrays

@@ -45,7 +45,7 @@ SYNTHETIC_VIDEOS = 8
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m mmfa_jax.evaluate",
-    description=__doc__.split("\n\n")[0],
+    description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   cli.add_model_arguments(parser)
@@ -234,6 +234,18 @@ class Scorer:
     return out
 
 
+def _padded(function: Any, size: int) -> Any:
+  """``function`` of image batches called on batches padded to ``size`` rows (one compilation for
+  every batch; the padding rows' outputs are dropped)."""
+
+  def call(*images: np.ndarray) -> np.ndarray:
+    count = images[0].shape[0]
+    padded = [np.concatenate([x, np.repeat(x[-1:], size - count, 0)]) for x in images]
+    return np.asarray(function(*padded))[:count]
+
+  return call
+
+
 def _jitted_network(kind: str, directory: str) -> tuple[Any, str]:
   """``(compiled function, weights sha256)`` of a converted metric network."""
   import jax
@@ -340,8 +352,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     items = folder_items(
       args.data, args.protocol, size, args.num_videos, args.max_frames, args.pairs
     )
-  lpips_fn = loaded.get("lpips", (None,))[0]
-  inception_fn = loaded.get("inception", (None,))[0]
+  lpips_fn, inception_fn = (
+    _padded(loaded[k][0], args.batch_size) if k in loaded else None for k in ("lpips", "inception")
+  )
   model = Scorer(wanted, lpips_fn, inception_fn)
   baseline = Scorer(wanted, lpips_fn, inception_fn)
   mode = "absolute" if args.protocol == "reconstruction" else "relative"

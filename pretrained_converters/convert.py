@@ -1,7 +1,8 @@
 """Whole-file conversions behind ``tools/convert_torch_weights.py``: the converter registry.
 
-``CONVERTERS`` maps each KIND (``hopenet``, ``vgg19``, ``vggface``, ``face_vid2vid``) to its
-``ConverterSpec``: what the upstream file is, the ``--verify`` tolerance, how to convert it and how
+``CONVERTERS`` maps each KIND (``hopenet``, ``vgg19``, ``vggface``, ``face_vid2vid``, ``lpips``,
+``inception``) to its ``ConverterSpec`` (``spec.py``; the evaluation networks' specs live in
+``lpips.py`` and ``inception.py``): what the upstream file is, the ``--verify`` tolerance, how to convert it and how
 to check it. The tool, its help text, ``convert_file`` and ``verify`` read it and nothing else, so
 adding a kind is adding one entry. A face-vid2vid training checkpoint (a dict with
 ``kp_detector``, ``he_estimator``, ``generator``, ``discriminator``, optimizer entries and
@@ -14,7 +15,6 @@ on a fixed random input and returns the max absolute difference per output.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,45 +33,19 @@ from mmfa_jax.models import (
 from mmfa_jax.models.discriminator import scale_name
 from mmfa_jax.models.hopenet import HOPENET_SIZE
 from mmfa_jax.models.variants import FaceVid2Vid
-from pretrained_converters import he_estimator, hopenet, keypoint_detector, synthesis
+from pretrained_converters import (
+  he_estimator,
+  hopenet,
+  inception,
+  keypoint_detector,
+  lpips,
+  synthesis,
+)
 from pretrained_converters.common import CheckpointError, read_weights_file, state_dict_entry
 from pretrained_converters.motion import assemble
+from pretrained_converters.spec import Conversion, ConverterSpec
 
 VGG_SIZE = 64  # image size VGG19 / VGG-Face are converted and checked at
-
-
-@dataclasses.dataclass
-class Conversion:
-  """Converted variables and what was mapped: ``rows`` of (network, tensors, parameters)."""
-
-  kind: str
-  variables: dict[str, Any]
-  rows: list[tuple[str, int, int]]
-  ignored: list[str]
-
-
-@dataclasses.dataclass(frozen=True)
-class ConverterSpec:
-  """One KIND of ``tools/convert_torch_weights.py``.
-
-  Attributes:
-    kind: the command-line name, also the ``kind`` of the converted directory's metadata.
-    description: the upstream file and what it becomes (the tool's help text).
-    tolerance: ``--verify`` passes when no output differs from PyTorch's by more than this.
-    convert: ``(path, config, generator) -> Conversion``.
-    verify: ``(load, rng, variables, config, generator) -> {output: max |flax - torch|}``, run by
-      ``verify`` under ``torch.no_grad()``: ``load(torch_module, entry=None, strict=True)`` loads
-      the file (or its ``entry``) into a ``torch_reference`` module, ``rng`` is seeded with 0.
-    config: for a kind whose networks a config describes, the config file used when ``--config``
-      is not given (``--config`` and ``--generator`` only apply to such kinds); None otherwise.
-  """
-
-  kind: str
-  description: str
-  tolerance: float
-  convert: Callable[[str, Any, str], Conversion]
-  verify: Callable[..., dict[str, float]]
-  config: str | None = None
 
 
 def _template(module: Any, *args: Any) -> Any:
@@ -291,6 +265,8 @@ CONVERTERS: dict[str, ConverterSpec] = {
       verify=_verify_face_vid2vid,
       config="configs/vox_face_vid2vid.py",
     ),
+    lpips.SPEC,
+    inception.SPEC,
   )
 }
 
@@ -324,7 +300,7 @@ def verify(
 
   spec = converter_spec(kind)
   path = os.fspath(path)
-  loaded = read_weights_file(path)
+  loaded = spec.read(path)
 
   def load(module: Any, entry: str | None = None, strict: bool = True) -> Any:
     state = {

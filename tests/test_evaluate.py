@@ -132,3 +132,68 @@ def test_bad_input_exits_2_with_one_line(model_dir, data_root, tmp_path, capsys)
   assert not (tmp_path / "o").exists()
   assert evaluate.main(_args(model_dir, "--data", str(data_root), "--output", str(a_file))) == 2
   assert "is a file" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def metric_networks(tmp_path_factory):
+  """Random LPIPS and FID Inception twins saved as the upstream files, converted by the tool's
+  converters: ``(lpips dir, inception dir, lpips twin, inception twin)``."""
+  import torch
+
+  from mmfa_jax.checkpoints import file_sha256, save_converted
+  from pretrained_converters import torch_lpips
+  from pretrained_converters.convert import convert_file
+  from pretrained_converters.torch_inception import FIDInceptionV3, calibrate_batchnorm
+  from pretrained_converters.torch_reference import randomize_batchnorm
+
+  root = tmp_path_factory.mktemp("metric_networks")
+  torch.manual_seed(0)
+  inception = calibrate_batchnorm(randomize_batchnorm(FIDInceptionV3()))
+  torch.save(inception.state_dict(), root / "pt_inception.pth")
+  lpips = torch_lpips.LPIPS().eval()
+  with torch.no_grad():
+    for k in range(5):  # LPIPS' linear weights are non-negative
+      getattr(lpips, f"lin{k}").model[1].weight.abs_()
+  alexnet, linear = torch_lpips.split_file_states(lpips.state_dict())
+  torch.save(alexnet, root / "alexnet.pth")
+  torch.save(linear, root / "alex.pth")
+  for kind, source in (("inception", root / "pt_inception.pth"),
+                       ("lpips", f"{root / 'alexnet.pth'},{root / 'alex.pth'}")):  # fmt: skip
+    variables = convert_file(kind, source).variables
+    sha = ",".join(file_sha256(p) for p in str(source).split(","))
+    save_converted(root / kind, variables, {"kind": kind, "source_sha256": sha})
+  return root / "lpips", root / "inception", lpips, inception
+
+
+def test_lpips_and_fid_equal_the_torch_twins_on_the_saved_frames(
+  model_dir, data_root, metric_networks, tmp_path
+):
+  import torch
+
+  from mmfa_jax.metrics import FeatureStatistics, fid
+
+  lpips_dir, inception_dir, lpips, inception = metric_networks
+  out = tmp_path / "all"
+  argv = _args(model_dir, "--data", str(data_root), "--num-videos", "2", "--lpips", str(lpips_dir),
+               "--inception", str(inception_dir), "--output", str(out))  # fmt: skip
+  assert evaluate.main(argv) == 0
+  result = json.loads((out / "metrics.json").read_text())
+  assert set(result["metrics"]) == {"l1", "psnr", "ssim", "lpips", "fid"}
+  assert set(result["weights"]) == {"lpips", "inception"}
+  predictions, targets = [], []
+  for name in VIDEOS[:2]:
+    predictions += [read_image(str(p)) for p in sorted((out / "frames" / name).iterdir())]
+    targets += [read_image(str(data_root / "test" / name / f"{i:04d}.png")) for i in range(FRAMES)]
+
+  def nchw(frames):
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+
+  with torch.no_grad():
+    want_lpips = lpips(nchw(predictions), nchw(targets)).mean().item()
+    generated, real = FeatureStatistics(2048), FeatureStatistics(2048)
+    generated.add(inception(nchw(predictions)).numpy())
+    real.add(inception(nchw(targets)).numpy())
+  assert result["metrics"]["lpips"] == pytest.approx(want_lpips, abs=1e-4)
+  want_fid = fid(real, generated)
+  assert want_fid > 0
+  assert result["metrics"]["fid"] == pytest.approx(want_fid, rel=1e-3)

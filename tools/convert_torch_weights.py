@@ -27,7 +27,9 @@ __doc__ += "".join(
 )
 _CONFIGURED = ", ".join(kind for kind, spec in CONVERTERS.items() if spec.config)
 
-_INPUT = flags.DEFINE_string("input", None, "Upstream weights file.")
+_INPUT = flags.DEFINE_string(
+  "input", None, "Upstream weights file (lpips: ALEXNET_PTH,LINEAR_PTH)."
+)
 _OUTPUT = flags.DEFINE_string(
   "output", None, "Directory to write (must not exist unless --overwrite)."
 )
@@ -98,10 +100,11 @@ def main(argv: list[str]) -> None:
       print("error: verification failed; nothing written", file=sys.stderr)
       sys.exit(1)
 
+  files = CONVERTERS[kind].input_files(_INPUT.value)  # lpips: two files
   metadata = {
     "kind": kind,
-    "source_file": os.path.basename(_INPUT.value),
-    "source_sha256": file_sha256(_INPUT.value),
+    "source_file": ",".join(os.path.basename(f) for f in files),
+    "source_sha256": ",".join(file_sha256(f) for f in files),
     "config": config_name,
     "generator": _GENERATOR.value if config is not None else None,
   }

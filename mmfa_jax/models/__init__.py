@@ -12,7 +12,9 @@ from mmfa_jax.models.generator import (
 )
 from mmfa_jax.models.he_estimator import HEEstimator, HETrunk
 from mmfa_jax.models.hopenet import Hopenet, prepare_hopenet_input
+from mmfa_jax.models.inception import FIDInception
 from mmfa_jax.models.keypoint_detector import KPDetector
+from mmfa_jax.models.lpips import LPIPS
 from mmfa_jax.models.motion import FaceVid2VidMotionEstimator, MMFAMotionEstimator
 from mmfa_jax.models.motion_heads import ExpressionDecoder, ExpressionEncoder, ScaleTranslationHead
 from mmfa_jax.models.perceptual import VGG19, VGGFace
@@ -25,6 +27,7 @@ from mmfa_jax.models.variants import (
 )
 
 __all__ = [
+  "LPIPS",
   "MMFA",
   "VGG19",
   "AnimationModel",
@@ -33,6 +36,7 @@ __all__ = [
   "ExpressionDecoder",
   "ExpressionEncoder",
   "ExpressionVAE",
+  "FIDInception",
   "FaceVid2Vid",
   "FaceVid2VidMotionEstimator",
   "HEEstimator",

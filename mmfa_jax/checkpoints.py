@@ -28,6 +28,7 @@ import mmfa_jax
 METADATA_FILE = "metadata.json"
 ARRAYS_DIR = "arrays"
 KINDS = ("hopenet", "vgg19", "vggface", "face_vid2vid", "lpips", "inception")
+MODEL_KIND = "face_vid2vid"  # the converted kind that holds a whole animation model
 
 
 class ConvertedWeightsError(ValueError):

@@ -323,11 +323,7 @@ def table_markdown(protocol: str, results: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-  """Runs the protocol (module docstring) and writes ``OUT``; returns the metrics.json dict."""
-  from tqdm import tqdm
-
-  synthetic = args.data == "synthetic"
+def _check_arguments(args: argparse.Namespace, synthetic: bool) -> None:
   if not synthetic and not os.path.isdir(args.data):
     raise cli.CommandError(f"{args.data}: no such data folder (or pass --data synthetic)")
   if args.pairs and (synthetic or args.protocol != "cross_identity"):
@@ -339,6 +335,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
       raise cli.CommandError(f"{flag} must be at least 1, got {value}")
   if os.path.isfile(args.output):
     raise cli.CommandError(f"{args.output}: is a file; --output is a folder")
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+  """Runs the protocol (module docstring) and writes ``OUT``; returns the metrics.json dict."""
+  from tqdm import tqdm
+
+  synthetic = args.data == "synthetic"
+  _check_arguments(args, synthetic)
   wanted = chosen_metrics(args, synthetic or args.protocol == "reconstruction")
   networks = {"lpips": args.lpips, "inception": args.inception}
   loaded = {k: _jitted_network(k, d) for k, d in networks.items() if d and _uses(k, wanted)}

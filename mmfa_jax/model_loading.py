@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from mmfa_jax.checkpoints import (
+  MODEL_KIND,
   ConvertedWeightsError,
   load_converted,
   load_training_run,
@@ -96,7 +97,7 @@ def _config_from_file(name: str) -> ml_collections.ConfigDict:
 
 def _load_converted(directory: str) -> LoadedModel:
   metadata = read_metadata(directory)
-  if metadata.get("kind") != "face_vid2vid":
+  if metadata.get("kind") != MODEL_KIND:
     raise CheckpointKindError(
       f"{directory}: holds converted {metadata.get('kind')!r} weights, not an animation model "
       "(convert a face-vid2vid checkpoint: tools/convert_torch_weights.py face_vid2vid)"
@@ -110,7 +111,7 @@ def _load_converted(directory: str) -> LoadedModel:
   with model_config.unlocked():
     model_config.variant = FaceVid2Vid.name
     model_config.generator.kind = metadata.get("generator") or model_config.generator.kind
-  variables, _ = load_converted(directory, "face_vid2vid")
+  variables, _ = load_converted(directory, MODEL_KIND)
   return LoadedModel(model_config, variables["model"], None, image_size, {})
 
 

@@ -60,6 +60,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
       keep_checkpoints=2,
     )
   )
+  # Held-out synthetic heads, reconstruction: every 100 steps of the README job (off for tests).
+  config.evals.test.update(dict(every_steps=0 if tiny else 100, num_videos=4, max_frames=8))
   return config
 
 

@@ -156,4 +156,19 @@ def get_config() -> ml_collections.ConfigDict:
       progress_bar=True,
     )
   )
+  # Evaluation during training (mmfa_jax/evaluators.py): name -> evaluator; every_steps 0 is off.
+  # On VoxCeleb: --config.evals.test.every_steps=10000 --config.evals.test.data=ROOT (ROOT/test).
+  config.evals = ml_collections.ConfigDict(
+    dict(
+      test=dict(
+        every_steps=0,
+        data="synthetic",
+        protocol="reconstruction",
+        num_videos=8,
+        max_frames=32,
+        metrics=("l1", "psnr", "ssim"),
+        batch_size=8,
+      )
+    )
+  )
   return config

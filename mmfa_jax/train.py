@@ -27,6 +27,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from mmfa_jax.checkpoints import load_pretrained
+from mmfa_jax.evaluators import make_evaluators, run_due
 from mmfa_jax.initialization import evaluate_on_host
 from mmfa_jax.metric_logs import MetricWindow, MetricWriter
 from mmfa_jax.models.motion import zero_head_pose
@@ -135,6 +136,7 @@ class StepRunner:
   """
 
   progress_metric = "generator_loss"  # shown on the progress bar
+  evaluators: tuple = ()  # evaluators.Evaluator: run during training (the animation trainer's)
 
   def _set_up(self, config: ml_collections.ConfigDict, mesh: Mesh | None) -> None:
     self.config = config
@@ -237,6 +239,7 @@ class Trainer(StepRunner):
     if missing:
       raise ValueError(f"frozen variables missing for {missing}")
     self.frozen = put_replicated(dict(frozen), self.mesh)
+    self.evaluators = tuple(make_evaluators(config))
     self._compile_step(functools.partial(train_step, self.objective))
 
   # -- states
@@ -377,6 +380,15 @@ def restore_states(
   return tuple(t.replace(opt_state=current_opt_state(t.opt_state)) for t in restored)
 
 
+def _evaluate(trainer: StepRunner, generator: TrainState, step: int, end: int, writer: Any) -> None:
+  """Runs the evaluators due at ``step`` (``evaluators.run_due``) and writes their values."""
+  scalars = run_due(trainer.evaluators, trainer.config, generator, trainer.frozen, step, end)
+  if scalars:
+    writer.write(step, scalars)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items()))
+    logging.info("step %d: %s", step, shown)
+
+
 def _save_sample_grid(
   trainer: StepRunner,
   outputs: Any,
@@ -406,11 +418,9 @@ def train_and_evaluate(
 ) -> tuple[TrainState, TrainState]:
   """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the states.
 
-  Writes ``checkpoints/``, ``metrics.jsonl`` (every ``train.log_every`` steps), ``samples/*.png``
-  (every ``train.sample_every`` steps) and ``config.json``. The first record of each run (or
-  resumption) also holds its start-up: ``startup_seconds`` (process start to the first finished
-  step), ``compiled_programs`` and ``compile_seconds`` (what XLA compiled until then),
-  ``cached_programs`` and ``cache_load_seconds`` (what the compilation cache provided instead).
+  Writes ``checkpoints/``, ``metrics.jsonl`` (every ``train.log_every`` steps; ``config.evals``'
+  ``eval/*`` values when due), ``samples/*.png``, ``config.json``. The first record of each run
+  also holds its start-up facts (``startup_seconds``, ``compiled_programs``, ``compile_seconds``...).
   """
   from mmfa_jax.checkpoints import TrainingCheckpoints
   from mmfa_jax.compilation_cache import CompileCounter
@@ -456,6 +466,8 @@ def train_and_evaluate(
         writer.write(step, scalars)
         if progress is not None:
           progress.set_postfix(loss=f"{scalars[trainer.progress_metric]:.3f}")
+      if trainer.evaluators:
+        _evaluate(trainer, generator, step, end, writer)
       if train.sample_every and (step % train.sample_every == 0 or step == end):
         _save_sample_grid(trainer, outputs, local, os.path.join(workdir, "samples"), step)
       if step % train.checkpoint_every == 0 or step == end:

@@ -531,3 +531,40 @@ def test_frozen_hopenet_is_a_step_input_never_a_trained_parameter():
     for angle in ("yaw", "pitch", "roll"):
       np.testing.assert_allclose(out[motion][angle], want[angle], atol=1e-4)
   assert float(np.std(np.asarray(out["driving_motion"]["yaw"]))) > 0  # frames differ
+
+
+def test_evaluators_run_during_training(tmp_path, one_device_trainer, monkeypatch):
+  """A ``config.evals`` evaluator due at step 2 writes ``eval/<name>/*`` to metrics.jsonl: the
+  reconstruction PSNR / SSIM of the step-2 generator on held-out synthetic heads (frames as saved
+  8-bit), recomputed here with scikit-image."""
+  from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+  from mmfa_jax.evaluate import synthetic_items
+  from mmfa_jax.evaluators import Evaluator, make_evaluators
+  from mmfa_jax.inference import Animator
+
+  config = _config(stop_after_steps=2)
+  config.evals.test.update(dict(every_steps=2, num_videos=1, max_frames=2, batch_size=2))
+  evaluators = tuple(make_evaluators(config))
+  assert evaluators == (Evaluator("test", 2, "synthetic", "reconstruction", 1, 2, PIXEL, 2),)
+  monkeypatch.setattr(one_device_trainer, "evaluators", evaluators)
+  generator, _ = train_and_evaluate(config, str(tmp_path / "run"), trainer=one_device_trainer)
+  record = next(r for r in read_metrics(str(tmp_path / "run")) if "eval/test/psnr" in r)
+  assert record["step"] == 2
+  variables = {"params": generator.params, "batch_stats": generator.batch_stats}
+  animator = Animator(config.model, variables, image_size=config.image_size, batch_size=2)
+  (item,) = synthetic_items("reconstruction", config.image_size, 1, 2)
+  frames = np.round(animator.animate(item.source, item.driving, mode="absolute") * 255) / 255
+  psnr = [peak_signal_noise_ratio(t, p, data_range=1.0) for p, t in zip(frames, item.target)]
+  ssim = [
+    structural_similarity(t, p, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                          data_range=1.0, channel_axis=-1)
+    for p, t in zip(frames, item.target)
+  ]  # fmt: skip
+  assert record["eval/test/psnr"] == pytest.approx(np.mean(psnr), abs=1e-3)
+  assert record["eval/test/ssim"] == pytest.approx(np.mean(ssim), abs=1e-4)
+  with pytest.raises(ValueError, match="not among"):
+    Evaluator("bad", 1, metrics=("fid",))
+
+
+PIXEL = ("l1", "psnr", "ssim")

@@ -1,0 +1,111 @@
+"""Evaluation during training, declared in the config (big_vision style).
+
+``config.evals`` maps a name to an evaluator: ``every_steps`` (0: off; it also runs at the last step),
+``data`` (``'synthetic'``: held-out synthetic heads, or a folder root with ``test/`` videos),
+``protocol`` (``'reconstruction'`` or ``'cross_identity'``, as ``mmfa_jax.evaluate``), ``num_videos``,
+``max_frames``, ``metrics`` (of ``l1``, ``psnr``, ``ssim``) and ``batch_size``. Each one animates its
+videos with the current generator (in inference mode, as ``Animator``) and its averages are written
+to ``metrics.jsonl`` / TensorBoard beside the losses as ``eval/<name>/<metric>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+PIXEL_METRICS = ("l1", "psnr", "ssim")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  """One entry of ``config.evals`` (module docstring)."""
+
+  name: str
+  every_steps: int
+  data: str = "synthetic"
+  protocol: str = "reconstruction"
+  num_videos: int = 4
+  max_frames: int = 8
+  metrics: tuple[str, ...] = PIXEL_METRICS
+  batch_size: int = 8
+
+  def __post_init__(self) -> None:
+    unknown = [m for m in self.metrics if m not in PIXEL_METRICS]
+    if unknown:
+      raise ValueError(f"config.evals.{self.name}.metrics: {unknown} not among {PIXEL_METRICS}")
+    if self.protocol not in ("reconstruction", "cross_identity"):
+      raise ValueError(f"config.evals.{self.name}.protocol: {self.protocol!r} is not a protocol")
+    if self.protocol == "cross_identity" and self.data != "synthetic":
+      raise ValueError(
+        f"config.evals.{self.name}: cross_identity has pixel targets on synthetic data only"
+      )
+    for field in ("every_steps", "num_videos", "max_frames", "batch_size"):
+      if getattr(self, field) < (0 if field == "every_steps" else 1):
+        raise ValueError(f"config.evals.{self.name}.{field} is {getattr(self, field)}")
+
+  def due(self, step: int, last_step: int) -> bool:
+    return self.every_steps > 0 and (step % self.every_steps == 0 or step == last_step)
+
+  def items(self, image_size: int) -> Any:
+    from mmfa_jax import evaluate
+
+    if self.data == "synthetic":
+      return evaluate.synthetic_items(self.protocol, image_size, self.num_videos, self.max_frames)
+    return evaluate.folder_items(
+      self.data, self.protocol, image_size, self.num_videos, self.max_frames, None
+    )
+
+  def run(
+    self, model_config: Any, image_size: int, variables: Mapping[str, Any], frozen: Any
+  ) -> dict[str, float]:
+    """``{'eval/<name>/<metric>': average}`` of the model ``variables``."""
+    from mmfa_jax.evaluate import Scorer
+    from mmfa_jax.inference import Animator
+
+    animator = Animator(
+      model_config, variables, image_size=image_size, batch_size=self.batch_size, frozen=frozen
+    )
+    mode = "absolute" if self.protocol == "reconstruction" else "relative"
+    scorer = Scorer(self.metrics, None, None)
+    for item in self.items(image_size):
+      if item.source is None:  # unreadable video
+        continue
+      generated = np.stack(list(animator.iter_animate(item.source, item.driving, mode=mode)))
+      quantised = np.round(generated * 255.0) / 255.0  # as saved 8-bit frames
+      scorer.add(quantised.astype(np.float32), item.target, item.target)
+    return {f"eval/{self.name}/{k}": v for k, v in scorer.summary().items()}
+
+
+def make_evaluators(config: Any) -> list[Evaluator]:
+  """The evaluators of ``config.evals`` that are on (``every_steps`` > 0)."""
+  evaluators = []
+  for name, spec in dict(config.get("evals") or {}).items():
+    spec = dict(spec)
+    if "metrics" in spec:
+      spec["metrics"] = tuple(spec["metrics"])
+    evaluator = Evaluator(name=name, **spec)
+    if evaluator.every_steps > 0:
+      evaluators.append(evaluator)
+  return evaluators
+
+
+def run_due(
+  evaluators: Sequence[Evaluator],
+  config: Any,
+  state: Any,
+  frozen: Mapping[str, Any],
+  step: int,
+  last_step: int,
+) -> dict[str, float]:
+  """The scalars of every evaluator due at ``step`` (empty when none is): ``state`` is the
+  generator's ``TrainState``. Runs on every process (the arrays are global), written by the
+  caller's writer."""
+  scalars: dict[str, float] = {}
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  for evaluator in evaluators:
+    if evaluator.due(step, last_step):
+      scalars.update(evaluator.run(config.model, config.image_size, variables, frozen))
+  return scalars

@@ -55,6 +55,7 @@ class Variant(abc.ABC):
   name: ClassVar[str]
   motion_estimator_class: ClassVar[type[nn.Module]]
   untrained_terms: ClassVar[frozenset[str]]
+  deformation_frame: str  # keypoint composition, see ops.keypoints.mmfa_keypoints
   has_expression_latent: ClassVar[bool]  # MMFA's latent: representation loss, expression VAE
   own_transformed_canonical: ClassVar[bool]  # the warped frame gets its own canonical keypoints
 
@@ -103,7 +104,6 @@ class Variant(abc.ABC):
   def rotation(self, yaw: Any, pitch: Any, roll: Any) -> jax.Array:
     """Rotation matrices ``(B, 3, 3)`` of angles in degrees."""
 
-  @abc.abstractmethod
   def keypoints(
     self,
     canonical_kp: jax.Array,
@@ -112,7 +112,19 @@ class Variant(abc.ABC):
     scale: jax.Array,
     expression_deformation: jax.Array,
   ) -> jax.Array:
-    """Keypoints ``(B, K, 3)`` of a pose and expression on canonical keypoints (batch 1 or B)."""
+    """Keypoints ``(B, K, 3)`` of a pose and expression on canonical keypoints (batch 1 or B):
+    ``ops.keypoints.mmfa_keypoints`` in the variant's ``deformation_frame`` (face-vid2vid:
+    ``'posed'``, ``s (R x_c + delta) + t``, the reference's ``R x_c + t + delta`` at ``s = 1``)."""
+    batch = rotation.shape[0]
+    canonical_kp = jnp.broadcast_to(canonical_kp, (batch, *canonical_kp.shape[1:]))
+    return mmfa_keypoints(
+      canonical_kp,
+      rotation,
+      translation,
+      scale,
+      expression_deformation,
+      deformation_frame=self.deformation_frame,
+    )
 
   @abc.abstractmethod
   def driving_keypoints(
@@ -181,18 +193,6 @@ class MMFA(Variant):
   def rotation(self, yaw: Any, pitch: Any, roll: Any) -> jax.Array:
     return rotation_matrix(yaw, pitch, roll)
 
-  def keypoints(self, canonical_kp, rotation, translation, scale, expression_deformation):
-    batch = rotation.shape[0]
-    canonical_kp = jnp.broadcast_to(canonical_kp, (batch, *canonical_kp.shape[1:]))
-    return mmfa_keypoints(
-      canonical_kp,
-      rotation,
-      translation,
-      scale,
-      expression_deformation,
-      deformation_frame=self.deformation_frame,
-    )
-
   def driving_keypoints(
     self, source, driving, initial, *, mode, adapt_scale, movement_scale, given, canonical_kp
   ):
@@ -222,6 +222,7 @@ class FaceVid2Vid(Variant):
   """The face-vid2vid reference."""
 
   name: ClassVar[str] = "face_vid2vid"
+  deformation_frame: ClassVar[str] = "posed"  # s (R x_c + delta) + t
   motion_estimator_class: ClassVar[type[nn.Module]] = FaceVid2VidMotionEstimator
   untrained_terms: ClassVar[frozenset[str]] = frozenset({"representation", "identity"})
   has_expression_latent: ClassVar[bool] = False
@@ -239,20 +240,6 @@ class FaceVid2Vid(Variant):
 
   def rotation(self, yaw: Any, pitch: Any, roll: Any) -> jax.Array:
     return reference_rotation_matrix(yaw, pitch, roll)
-
-  def keypoints(self, canonical_kp, rotation, translation, scale, expression_deformation):
-    """``s (R x_c + delta) + t`` (``mmfa_keypoints``' posed frame): the reference's
-    ``R x_c + t + delta`` at ``s = 1``."""
-    batch = rotation.shape[0]
-    canonical_kp = jnp.broadcast_to(canonical_kp, (batch, *canonical_kp.shape[1:]))
-    return mmfa_keypoints(
-      canonical_kp,
-      rotation,
-      translation,
-      scale,
-      expression_deformation,
-      deformation_frame="posed",
-    )
 
   def driving_keypoints(
     self, source, driving, initial, *, mode, adapt_scale, movement_scale, given, canonical_kp

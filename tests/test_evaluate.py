@@ -104,7 +104,7 @@ def test_cross_identity_on_synthetic_heads_against_exact_targets(model_dir, tmp_
   assert set(result["edits"]) == {"yaw", "pitch", "roll"}
   for attribute, scores in result["edits"].items():
     assert scores["degrees"] == 20.0 and scores["mean_abs_error_deg"] >= 0
-    psnr = []
+    psnr, copy_psnr = [], []
     for video in range(2):
       truth = heads.motion(video, 0)
       for index, delta in enumerate((-20.0, 20.0)):
@@ -112,7 +112,10 @@ def test_cross_identity_on_synthetic_heads_against_exact_targets(model_dir, tmp_
         want = render_head(heads.identity(video), moved, SIZE)
         got = read_image(str(out / "edits" / attribute / f"{video:03d}" / f"{index:07d}.png"))
         psnr.append(peak_signal_noise_ratio(want, got, data_range=1.0))
+        source = heads.frame(video, 0, SIZE)
+        copy_psnr.append(peak_signal_noise_ratio(want, source, data_range=1.0))
     assert scores["psnr"] == pytest.approx(np.mean(psnr), abs=1e-3), attribute
+    assert scores["copy_source"]["psnr"] == pytest.approx(np.mean(copy_psnr), abs=1e-3)
   assert "Pose edits" in (out / "table.md").read_text()
 
 

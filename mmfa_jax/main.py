@@ -64,6 +64,11 @@ def main(argv: list[str]) -> None:
     jax.device_count(),
     jax.devices()[0].platform,
   )
+  if config.get("task") == "pose_network":  # configs/synthetic_pose.py: minutes, no data set
+    from mmfa_jax.pose_train import train_pose_network
+
+    train_pose_network(config, _WORKDIR.value)
+    return
   from mmfa_jax.data.pipeline import make_source
   from mmfa_jax.train import Trainer, train_and_evaluate
 

@@ -1,0 +1,189 @@
+"""Pretraining the pose network on the synthetic heads: ``configs/synthetic_pose.py``.
+
+    python -m mmfa_jax.main --config=configs/synthetic_pose.py --workdir=runs/synthetic_pose
+
+The Hopenet-shaped network (``config.model.hopenet``, the widths the synthetic MMFA configs use)
+learns yaw, pitch and roll from synthetic frames against their ground truth, as Hopenet was
+trained: per angle, a cross-entropy over 66 bins of 3 degrees (bin ``floor((angle + 99) / 3)``,
+clipped) plus ``alpha`` times the squared error of the softmax expectation (``bins_to_degrees``,
+degrees). Inputs are prepared exactly as the frozen network sees them in an MMFA model
+(``Hopenet.angles``: the frame resized to 224 and ImageNet-normalised).
+
+It writes ``WORKDIR/hopenet`` (a converted ``hopenet`` directory: ``config.pretrained.hopenet`` of
+an MMFA config takes it), ``WORKDIR/metrics.jsonl`` (loss every ``log_every`` steps) and
+``WORKDIR/pose_metrics.json`` with the mean absolute angle error (degrees) on held-out heads. The
+job takes minutes, so it does not checkpoint: a rerun starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from mmfa_jax.models.hopenet import Hopenet, hopenet_head_pose, prepare_hopenet_input
+from mmfa_jax.ops.rotation import ANGLE_BIN_WIDTH, ANGLE_OFFSET, bins_to_degrees
+from mmfa_jax.train_state import TrainState, apply_gradients, make_optimizer, step_schedule
+
+ANGLES = ("yaw", "pitch", "roll")
+HELD_OUT_SEED = 1_000_003  # the held-out identities of mmfa_jax.evaluate
+
+
+def angle_bins(degrees: jax.Array, num_bins: int = 66) -> jax.Array:
+  """Hopenet's class of an angle: the 3-degree bin whose lower edge (from -99) is below it."""
+  index = jnp.floor((degrees - ANGLE_OFFSET) / ANGLE_BIN_WIDTH).astype(jnp.int32)
+  return jnp.clip(index, 0, num_bins - 1)
+
+
+def pose_loss(
+  logits: dict[str, jax.Array], angles: jax.Array, alpha: float
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Hopenet's loss: per angle, bin cross-entropy + ``alpha`` * squared error of the expectation
+  (degrees). ``angles``: ``(B, 3)`` ground-truth (yaw, pitch, roll). Returns ``(loss, terms)``."""
+  terms = {}
+  for index, name in enumerate(ANGLES):
+    scores = logits[name].astype(jnp.float32)  # (B, bins)
+    target = angles[:, index]
+    labels = angle_bins(target, scores.shape[-1])
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
+    error = jnp.mean((bins_to_degrees(scores) - target) ** 2)
+    terms[f"{name}_cross_entropy"] = cross_entropy
+    terms[f"{name}_rmse_deg"] = jnp.sqrt(error)
+    terms[f"{name}_loss"] = cross_entropy + alpha * error
+  return sum(terms[f"{name}_loss"] for name in ANGLES), terms
+
+
+def render_set(seed: int, videos: int, frames: int, size: int, stride: int = 1) -> tuple:
+  """Synthetic frames (uint8 ``(N, S, S, 3)``) and their (yaw, pitch, roll) ``(N, 3)``: ``videos``
+  identities of collection ``seed``, ``frames`` frames each (every ``stride``-th)."""
+  from mmfa_jax.data.synthetic import SyntheticHeads
+
+  heads = SyntheticHeads(seed=seed, num_videos=videos, num_frames=frames * stride)
+  images, angles = [], []
+  for video in range(videos):
+    for frame in range(0, frames * stride, stride):
+      images.append(np.round(heads.frame(video, frame, size) * 255).astype(np.uint8))
+      motion = heads.motion(video, frame)
+      angles.append([motion[name] for name in ANGLES])
+  return np.stack(images), np.asarray(angles, np.float32)
+
+
+class PoseTrainer:
+  """The network, its optimizer and the compiled step of a ``configs/synthetic_pose.py`` config."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    pose = config.pose
+    hopenet = {
+      k: tuple(v) if isinstance(v, list | tuple) else v for k, v in config.model.hopenet.items()
+    }
+    self.network = Hopenet(**hopenet, trainable=True)
+    self.frozen_network = Hopenet(**hopenet)  # as an MMFA model runs it
+    milestones = [round(f * pose.num_steps) for f in pose.decay_at]
+    self.tx = make_optimizer(step_schedule(pose.learning_rate, milestones, 0.1))
+    self.step = jax.jit(self._step, donate_argnums=0)
+    self.angles = jax.jit(
+      lambda variables, images: hopenet_head_pose(self.frozen_network, variables, images)
+    )
+
+  def init_state(self, seed: int) -> TrainState:
+    from mmfa_jax.initialization import init_variables
+
+    variables = init_variables(self.network, seed, np.zeros((1, 224, 224, 3), np.float32))
+    return TrainState.create(variables["params"], variables["batch_stats"], self.tx)
+
+  def _step(self, state: TrainState, images: jax.Array, angles: jax.Array) -> tuple:
+    prepared = prepare_hopenet_input(images.astype(jnp.float32) / 255.0)
+
+    def loss(params: Any) -> tuple[jax.Array, Any]:
+      logits, updated = self.network.apply(
+        {"params": params, "batch_stats": state.batch_stats},
+        prepared,
+        True,
+        mutable=["batch_stats"],
+      )
+      value, terms = pose_loss(logits, angles, self.config.pose.alpha)
+      return value, (terms, updated["batch_stats"])
+
+    (value, (terms, stats)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+    state, skipped = apply_gradients(state, grads, stats, loss=value)
+    return state, {"pose_loss": value, "skipped": skipped, **terms}
+
+  def mean_abs_error(
+    self, variables: Any, images: np.ndarray, angles: np.ndarray
+  ) -> dict[str, float]:
+    """Mean absolute error (degrees) per angle of the frozen-mode network on ``images`` (uint8)."""
+    errors = []
+    for start in range(0, len(images), 64):
+      batch = images[start : start + 64].astype(np.float32) / 255.0
+      got = self.angles(variables, batch)
+      errors.append(
+        np.abs(np.stack([np.asarray(got[n]) for n in ANGLES], -1) - angles[start : start + 64])
+      )
+    error = np.concatenate(errors)
+    return {name: float(error[:, i].mean()) for i, name in enumerate(ANGLES)}
+
+
+def train_pose_network(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains and writes the pose network (module docstring); returns ``pose_metrics.json``."""
+  from tqdm import tqdm
+
+  from mmfa_jax.checkpoints import save_converted
+  from mmfa_jax.metric_logs import MetricWriter
+
+  pose, size = config.pose, config.image_size
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  data = config.data.synthetic
+  logging.info("rendering %d training and %d held-out frames", data.num_videos * pose.frames_per_video,
+               pose.held_out_videos * pose.held_out_frames)  # fmt: skip
+  images, angles = render_set(data.seed, data.num_videos, pose.frames_per_video, size)
+  held_images, held_angles = render_set(
+    HELD_OUT_SEED, pose.held_out_videos, pose.held_out_frames, size, 4
+  )
+  trainer = PoseTrainer(config)
+  state = trainer.init_state(pose.seed)
+  rng = np.random.default_rng(pose.seed)
+  writer = MetricWriter(workdir)
+  window: list[dict[str, float]] = []
+  with tqdm(total=pose.num_steps, desc="pose", unit="step", dynamic_ncols=True) as progress:
+    for step in range(1, pose.num_steps + 1):
+      rows = rng.integers(len(images), size=pose.batch_size)
+      state, metrics = trainer.step(state, images[rows], angles[rows])
+      window.append(metrics)
+      progress.update(1)
+      if step % pose.log_every == 0 or step == pose.num_steps:
+        averages = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
+        writer.write(step, averages)
+        progress.set_postfix(loss=f"{averages['pose_loss']:.3f}")
+        window = []
+  writer.close()
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  result = {
+    "steps": pose.num_steps,
+    "held_out_mean_abs_error_deg": trainer.mean_abs_error(variables, held_images, held_angles),
+    "train_mean_abs_error_deg": trainer.mean_abs_error(variables, images[:512], angles[:512]),
+    "held_out_frames": len(held_images),
+  }
+  save_converted(
+    os.path.join(workdir, "hopenet"),
+    jax.device_get(variables),
+    {
+      "kind": "hopenet",
+      "source_file": "configs/synthetic_pose.py",
+      "trained_steps": pose.num_steps,
+      "held_out_mean_abs_error_deg": result["held_out_mean_abs_error_deg"],
+    },
+    overwrite=True,
+  )
+  with open(os.path.join(workdir, "pose_metrics.json"), "w") as handle:
+    json.dump(result, handle, indent=2, sort_keys=True)
+  logging.info("held-out mean absolute error (degrees): %s", result["held_out_mean_abs_error_deg"])
+  return result

@@ -17,7 +17,8 @@ pixel difference of one animated frame). Then, in float32 and bfloat16 (``torch.
   random frozen VGG19 / Hopenet (the values do not change the cost).
 
   python benchmarks/against_torch.py [--config vox_face_vid2vid] [--batch-sizes 16]
-      [--dtypes float32 bfloat16] [--frames 4] [--train-batch 1] [--no-train] [--json OUT.jsonl]
+      [--dtypes float32 bfloat16] [--frames 4] [--train-batch 1] [--no-train | --no-animate]
+      [--json OUT.jsonl]
 
 Seconds are medians of ``--repeats`` after a warm-up call; ``speed`` is PyTorch's time over
 mmfa_jax's (above 1: mmfa_jax is faster).
@@ -243,6 +244,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--train-batch", type=int, default=1)
   parser.add_argument("--no-train", action="store_true", help="animation only")
+  parser.add_argument("--no-animate", action="store_true", help="training step only")
   parser.add_argument("--json", help="append one JSON line per measurement to this file")
   args = parser.parse_args()
 
@@ -296,45 +298,46 @@ def main() -> None:
       canonical = modules["kp_detector"](source_t)["value"]
       kp_source = torch_keypoints(canonical, modules["he_estimator"](source_t))
       kp_initial = torch_keypoints(canonical, modules["he_estimator"](frames_t[:1]))
-    animator = Animator(model_config, variables, image_size=size, batch_size=1, dtype=dtype)
-    state = animator.encode_source(source)
+    if not args.no_animate:
+      animator = Animator(model_config, variables, image_size=size, batch_size=1, dtype=dtype)
+      state = animator.encode_source(source)
 
-    if dtype == "float32":  # the same weights: one frame from both
-      with torch.no_grad():
-        want = torch_animate(modules, source_t, frames_t[:1], kp_source, kp_initial, canonical)
-      got = next(animator.iter_animate_encoded(state, frames[:1]))
-      difference = float(np.abs(got - want[0].permute(1, 2, 0).cpu().numpy()).max())
-      print(f"same weights: largest pixel difference of one frame {difference:.2e}", flush=True)
+      if dtype == "float32":  # the same weights: one frame from both
+        with torch.no_grad():
+          want = torch_animate(modules, source_t, frames_t[:1], kp_source, kp_initial, canonical)
+        got = next(animator.iter_animate_encoded(state, frames[:1]))
+        difference = float(np.abs(got - want[0].permute(1, 2, 0).cpu().numpy()).max())
+        print(f"same weights: largest pixel difference of one frame {difference:.2e}", flush=True)
 
-    def torch_frames(batch, autocast=autocast, canonical=canonical, kp_source=kp_source,
-                     kp_initial=kp_initial):  # fmt: skip
-      with torch.no_grad(), autocast:
-        for start in range(0, args.frames if batch == 1 else batch, batch):
-          out = torch_animate(modules, source_t, frames_t[start : start + batch], kp_source,
-                              kp_initial, canonical)  # fmt: skip
-          out.float().cpu()  # frames reach the host, as the demo's
+      def torch_frames(batch, autocast=autocast, canonical=canonical, kp_source=kp_source,
+                       kp_initial=kp_initial):  # fmt: skip
+        with torch.no_grad(), autocast:
+          for start in range(0, args.frames if batch == 1 else batch, batch):
+            out = torch_animate(modules, source_t, frames_t[start : start + batch], kp_source,
+                                kp_initial, canonical)  # fmt: skip
+            out.float().cpu()  # frames reach the host, as the demo's
 
-    def jax_frames(batch, animator=animator, state=state):
-      if batch == 1:
-        for start in range(args.frames):
-          list(animator.iter_animate_encoded(state, frames[start : start + 1]))
-      else:
-        list(animator.iter_animate_encoded(state, frames[:batch]))
+      def jax_frames(batch, animator=animator, state=state):
+        if batch == 1:
+          for start in range(args.frames):
+            list(animator.iter_animate_encoded(state, frames[start : start + 1]))
+        else:
+          list(animator.iter_animate_encoded(state, frames[:batch]))
 
-    torch_s = _median_seconds(lambda: torch_frames(1), args.repeats, torch_sync) / args.frames
-    jax_s = _median_seconds(lambda: jax_frames(1), args.repeats, lambda: None) / args.frames
-    report("animate, one frame per call (s/frame)", dtype, 1, torch_s, jax_s)
-    for batch in args.batch_sizes:
-      batched = Animator(model_config, variables, image_size=size, batch_size=batch, dtype=dtype)
-      state = batched.encode_source(source)
-      torch_s = _median_seconds(lambda b=batch: torch_frames(b), args.repeats, torch_sync) / batch
-      jax_s = (
-        _median_seconds(
-          lambda b=batch, a=batched, s=state: jax_frames(b, a, s), args.repeats, lambda: None
+      torch_s = _median_seconds(lambda: torch_frames(1), args.repeats, torch_sync) / args.frames
+      jax_s = _median_seconds(lambda: jax_frames(1), args.repeats, lambda: None) / args.frames
+      report("animate, one frame per call (s/frame)", dtype, 1, torch_s, jax_s)
+      for batch in args.batch_sizes:
+        batched = Animator(model_config, variables, image_size=size, batch_size=batch, dtype=dtype)
+        state = batched.encode_source(source)
+        torch_s = _median_seconds(lambda b=batch: torch_frames(b), args.repeats, torch_sync) / batch
+        jax_s = (
+          _median_seconds(
+            lambda b=batch, a=batched, s=state: jax_frames(b, a, s), args.repeats, lambda: None
+          )
+          / batch
         )
-        / batch
-      )
-      report("animate, batched (s/frame)", dtype, batch, torch_s, jax_s)
+        report("animate, batched (s/frame)", dtype, batch, torch_s, jax_s)
 
     if args.no_train:
       continue

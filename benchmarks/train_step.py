@@ -90,8 +90,22 @@ def build_step(config_name: str, batch_size: int, dtype: str) -> dict:
   )
 
 
+def _memory_analysis(compiled) -> dict:
+  """XLA's own account of the compiled step's device memory (GiB): arguments, outputs and the
+  temporary buffers (``{}`` where the backend gives none)."""
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return {}
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")
+  return {
+    f"xla_{name.removesuffix('_size_in_bytes')}_gib": round(getattr(analysis, name) / 2**30, 2)
+    for name in fields
+    if hasattr(analysis, name)
+  }
+
+
 def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
-  """Measures one (dtype, batch size) in this process."""
+  """Measures one (dtype, batch size) in this process; ``steps=0`` compiles only."""
   import jax
 
   from mmfa_jax.compilation_cache import enable_compilation_cache
@@ -105,17 +119,8 @@ def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
   )
   generator, discriminator, frozen, batch, key = built["args"]
   mesh = built["trainer"].mesh
-
-  times = []
-  for _ in range(steps + 1):  # the first call is a warm-up
-    start = time.perf_counter()
-    generator, discriminator, metrics, _ = compiled(generator, discriminator, frozen, batch, key)
-    jax.block_until_ready((generator, discriminator, metrics))
-    times.append(time.perf_counter() - start)
-  step_seconds = statistics.median(times[1:])
   device = jax.devices()[0]
-  peak, peak_kind = peak_memory_gib()
-  return dict(
+  result = dict(
     config=config_name,
     platform=device.platform,
     device=device.device_kind,
@@ -125,6 +130,21 @@ def run_one(config_name: str, batch_size: int, dtype: str, steps: int) -> dict:
     compile_s=round(compile_seconds, 2),
     step_from_cache=compiles.loaded > 0,
     xla_flags=os.environ.get("XLA_FLAGS", ""),
+    **_memory_analysis(compiled),
+  )
+  if steps == 0:
+    return result
+
+  times = []
+  for _ in range(steps + 1):  # the first call is a warm-up
+    start = time.perf_counter()
+    generator, discriminator, metrics, _ = compiled(generator, discriminator, frozen, batch, key)
+    jax.block_until_ready((generator, discriminator, metrics))
+    times.append(time.perf_counter() - start)
+  step_seconds = statistics.median(times[1:])
+  peak, peak_kind = peak_memory_gib()
+  return dict(
+    **result,
     step_s=round(step_seconds, 4),
     images_per_s=round(batch_size / step_seconds, 2),
     peak_gib=round(peak, 2),
@@ -141,7 +161,7 @@ def main() -> None:
   parser.add_argument("--config", default="vox", help="module under configs/ (vox, synthetic...)")
   parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8])
   parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=5, help="timed steps (0: compile only)")
   parser.add_argument("--json", help="append one JSON line per measurement to this file")
   parser.add_argument("--one", nargs=2, metavar=("DTYPE", "BATCH"), help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -168,14 +188,19 @@ def main() -> None:
         print(f"{dtype:<9} {batch_size:>5} failed: {' | '.join(tail)}", flush=True)
         continue
       result = json.loads(lines[-1][len("RESULT ") :])
-      print(
-        f"{dtype:<9} {batch_size:>5} {result['compile_s']:>10.1f} {result['step_s']:>8.3f} "
-        f"{result['images_per_s']:>9.2f} {result['peak_gib']:>9.2f} "
-        f"{result['peak_gib_per_sample']:>10.3f}  ({result['peak_kind']}, "
-        f"{'step loaded from the compilation cache, ' if result['step_from_cache'] else ''}"
-        f"{result['device']} x{result['devices']})",
-        flush=True,
-      )
+      where = f"{result['device']} x{result['devices']}"
+      if "step_s" not in result:  # --steps 0
+        print(f"{dtype:<9} {batch_size:>5} {result['compile_s']:>10.1f}  compiled only ({where}, "
+              f"XLA temp {result.get('xla_temp_gib')} GiB)", flush=True)  # fmt: skip
+      else:
+        print(
+          f"{dtype:<9} {batch_size:>5} {result['compile_s']:>10.1f} {result['step_s']:>8.3f} "
+          f"{result['images_per_s']:>9.2f} {result['peak_gib']:>9.2f} "
+          f"{result['peak_gib_per_sample']:>10.3f}  ({result['peak_kind']}, "
+          f"{'step loaded from the compilation cache, ' if result['step_from_cache'] else ''}"
+          f"{where})",
+          flush=True,
+        )
       append_json(args.json, result)
 
 

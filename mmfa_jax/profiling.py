@@ -5,7 +5,7 @@ module (a fusion, a convolution, a custom call...); the profiler records one eve
 after the instruction. This module joins those events with the instructions' metadata (the JAX name
 stack, which holds the Flax module path and ``transpose(...)`` for the backward pass) to say where
 the time of a training step or an animation call goes: per kind of operation, per network scope
-and per instruction. ``benchmarks/profile.py`` prints the tables.
+and per instruction. ``benchmarks/op_profile.py`` prints the tables.
 
 Times are sums of thunk durations; on a multi-core CPU thunks can overlap, so the sum can exceed
 the wall time.

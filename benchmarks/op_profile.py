@@ -5,9 +5,9 @@ trace's thunk events with the optimized HLO (``mmfa_jax.profiling``): seconds pe
 (``fusion:convolution``, ``convolution``, ``fusion:scatter``...), per network scope (the Flax module
 path, forward and ``(bwd)``), and the most expensive instructions.
 
-  python benchmarks/profile.py --path train --config vox_face_vid2vid [--batch-size 1]
+  python benchmarks/op_profile.py --path train --config vox_face_vid2vid [--batch-size 1]
       [--dtype float32] [--depth 3] [--top 25] [--json OUT.jsonl] [--trace-dir DIR]
-  python benchmarks/profile.py --path animate --config vox_face_vid2vid [--batch-size 1]
+  python benchmarks/op_profile.py --path animate --config vox_face_vid2vid [--batch-size 1]
 
 Weights are random (the values do not change the cost); nothing is read from or written to the
 compilation cache. ``--trace-dir`` keeps the trace for TensorBoard / Perfetto.

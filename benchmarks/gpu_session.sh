@@ -10,6 +10,8 @@
 #   warm     - the same step again in a new process with the cache the cold one filled;
 #   train    - benchmarks/against_torch.py, training step only (float32 from the cache, then
 #              bfloat16), PyTorch reference side by side;
+#   bg       - (background) the training step with --xla_gpu_autotune_level=0, cold, into the
+#              same cache, measured while the next parts run; "wait" waits for it;
 #   startup  - benchmarks/startup.py (main's first step and the first animated frame, cold and
 #              warm cache) for the first config, when time is left.
 # A part starts only when GPU_SESSION_BUDGET seconds are not yet spent. Dry-run on a CPU first:
@@ -79,10 +81,22 @@ warm_part() {
   step warm float32 3 MMFA_JAX_CACHE_DIR="$cache"
 }
 
+bg_part() {
+  step autotune0 float32 3 MMFA_JAX_CACHE_DIR="$cache" XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 \
+    XLA_FLAGS=--xla_gpu_autotune_level=0 &
+}
+
+wait_part() {
+  wait
+}
+
+# GPU_SESSION_TRAIN_XLA_FLAGS: XLA_FLAGS of the training part (e.g. the autotune level bg used,
+# so its step comes from the cache); GPU_SESSION_TRAIN_DTYPES: its dtypes.
 train_part() {
   [ "$(left)" -gt 90 ] || return
-  MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/against_torch.py \
-    --config "$torch_config" --no-animate --train-batch "$batch" --dtypes float32 bfloat16 \
+  # shellcheck disable=SC2086
+  XLA_FLAGS="${GPU_SESSION_TRAIN_XLA_FLAGS:-}" MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/against_torch.py \
+    --config "$torch_config" --no-animate --train-batch "$batch" --dtypes ${GPU_SESSION_TRAIN_DTYPES:-float32 bfloat16} \
     --json "$OUT/against_torch.jsonl" >"$OUT/train.log" 2>&1
 }
 

@@ -21,9 +21,9 @@ def antialias_t(x: torch.Tensor, scale: float) -> torch.Tensor:
   channels = x.shape[1]
   sigma = (1 / scale - 1) / 2
   size = 2 * round(sigma * 4) + 1
-  coords = torch.arange(size, dtype=torch.float32)
+  coords = torch.arange(size, dtype=torch.float32, device=x.device)
   rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-  kernel = torch.ones(size, size)
+  kernel = torch.ones(size, size, device=x.device)
   for grid in (rows, cols):
     kernel = kernel * torch.exp(-((grid - (size - 1) / 2) ** 2) / (2 * sigma**2))
   kernel = (kernel / kernel.sum()).view(1, 1, size, size).repeat(channels, 1, 1, 1)
@@ -33,9 +33,12 @@ def antialias_t(x: torch.Tensor, scale: float) -> torch.Tensor:
   return out[:, :, ::step, ::step]
 
 
-def coordinate_grid_3d(depth: int, height: int, width: int) -> torch.Tensor:
-  """(D, H, W, 3) grid over [-1, 1] inclusive, last axis (x, y, z)."""
-  axes = [2 * (torch.arange(n, dtype=torch.float32) / (n - 1)) - 1 for n in (depth, height, width)]
+def coordinate_grid_3d(depth: int, height: int, width: int, device=None) -> torch.Tensor:
+  """(D, H, W, 3) grid over [-1, 1] inclusive, last axis (x, y, z), on ``device``."""
+  axes = [
+    2 * (torch.arange(n, dtype=torch.float32, device=device) / (n - 1)) - 1
+    for n in (depth, height, width)
+  ]
   z, y, x = torch.meshgrid(*axes, indexing="ij")
   return torch.stack([x, y, z], dim=-1)
 
@@ -160,7 +163,7 @@ class KPDetector(nn.Module):
     heatmap = F.softmax(prediction.view(shape[0], shape[1], -1) / self.temperature, dim=2).view(
       *shape
     )
-    grid = coordinate_grid_3d(*shape[2:])
+    grid = coordinate_grid_3d(*shape[2:], device=x.device)
     value = (heatmap.unsqueeze(-1) * grid).sum(dim=(2, 3, 4))
     return {"value": value, "heatmap": heatmap}
 
@@ -294,8 +297,8 @@ class Hopenet(nn.Module):
 def hopenet_input(images_nchw):
   """Resize to 224 (bilinear, align_corners False, no antialias) and ImageNet-normalise."""
   x = F.interpolate(images_nchw, size=(224, 224), mode="bilinear", align_corners=False)
-  mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-  std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+  mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
+  std = torch.tensor([0.229, 0.224, 0.225], device=x.device).view(1, 3, 1, 1)
   return (x - mean) / std
 
 
@@ -436,8 +439,8 @@ class DenseMotionNetwork(nn.Module):
     bs, _, d, h, w = feature.shape
     num_kp = kp_source.shape[1]
     heat = gaussian_heatmap(kp_driving, (d, h, w)) - gaussian_heatmap(kp_source, (d, h, w))
-    heat = torch.cat([torch.zeros(bs, 1, d, h, w), heat], dim=1).unsqueeze(2)
-    grid = coordinate_grid_3d(d, h, w)
+    heat = torch.cat([heat.new_zeros(bs, 1, d, h, w), heat], dim=1).unsqueeze(2)
+    grid = coordinate_grid_3d(d, h, w, device=feature.device)
     to_source = (
       grid[None, None] - kp_driving[:, :, None, None, None] + kp_source[:, :, None, None, None]
     )
@@ -464,7 +467,7 @@ class DenseMotionNetwork(nn.Module):
 
 
 def gaussian_heatmap(kp, shape, variance=0.01):
-  grid = coordinate_grid_3d(*shape)
+  grid = coordinate_grid_3d(*shape, device=kp.device)
   return torch.exp(-0.5 * ((grid[None, None] - kp[:, :, None, None, None]) ** 2).sum(-1) / variance)
 
 
@@ -795,9 +798,8 @@ class VGGFaceDag(nn.Module):
     self.fc8 = nn.Linear(4096, 2622)
 
   def forward(self, x):
-    x = x * 255 - torch.tensor([129.186279296875, 104.76238250732422, 93.59396362304688]).view(
-      1, 3, 1, 1
-    )
+    mean = [129.186279296875, 104.76238250732422, 93.59396362304688]
+    x = x * 255 - torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     taps = []
     for block, count in enumerate((2, 2, 3, 3, 1), start=1):
       if block > 1:
@@ -908,9 +910,10 @@ def face_vid2vid_modules(model_config, generator_kind: str = "spade") -> dict:
 
 
 def _angles(logits):
-  return (torch.softmax(logits, -1) * torch.arange(logits.shape[-1], dtype=logits.dtype)).sum(
-    -1
-  ) * 3 - 99
+  return (
+    torch.softmax(logits, -1)
+    * torch.arange(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+  ).sum(-1) * 3 - 99
 
 
 def reference_rotation(yaw, pitch, roll):

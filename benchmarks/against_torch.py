@@ -224,10 +224,11 @@ def _jax_training(config_name: str, batch: int, dtype: str, repeats: int) -> dic
   command = [sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"), "--config",
              config_name, "--steps", str(repeats), "--one", dtype, str(batch)]  # fmt: skip
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-  done = subprocess.run(command, capture_output=True, text=True, env=env)
+  # Its log (compile times, errors) goes to this process's stderr as it comes.
+  done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
   lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
   if done.returncode or not lines:
-    tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+    tail = " | ".join(done.stdout.strip().splitlines()[-3:])
     raise RuntimeError(f"the mmfa_jax training step failed (exit {done.returncode}): {tail}")
   return json.loads(lines[-1][len("RESULT ") :])
 
@@ -274,7 +275,7 @@ def main() -> None:
 
   rng = np.random.default_rng(0)
   source = rng.uniform(size=(size, size, 3)).astype(np.float32)
-  largest = max([1, *args.batch_sizes])
+  largest = max([1, *args.batch_sizes, 0 if args.no_train else args.train_batch])
   frames = rng.uniform(size=(max(args.frames, largest), size, size, 3)).astype(np.float32)
   source_t = torch.from_numpy(source).permute(2, 0, 1)[None].to(device)
   frames_t = torch.from_numpy(frames).permute(0, 3, 1, 2).to(device)
@@ -359,12 +360,19 @@ def main() -> None:
                             tuple(config.perceptual_scales),
                             generator)  # fmt: skip
 
+    if device.type == "cuda":
+      torch.cuda.reset_peak_memory_stats()
     torch_s = _median_seconds(torch_step, args.repeats, torch_sync)
     for module in modules.values():
       module.eval()
     peak_torch = (
       round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
     )
+    print(f"PyTorch train step {dtype}: {torch_s:.4f} s, peak {peak_torch} GiB; now mmfa_jax's "
+          "in a fresh process", flush=True)  # fmt: skip
+    optimizers.clear()  # the Adam moments and cached blocks go back before mmfa_jax runs
+    if device.type == "cuda":
+      torch.cuda.empty_cache()
     jax_result = _jax_training(args.config, batch, dtype, args.repeats)
     report(
       "train step (s/step)",

@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # One prepared call on the lent GPU machine (../shared/reference/gpu.md), everything written to
 # $OUT as it arrives. Parts, in the order of GPU_SESSION_PARTS (default below):
-#   animate  - benchmarks/against_torch.py, animation only: PyTorch reference and mmfa_jax, same
-#              weights, one frame per call and batched, float32 and bfloat16;
 #   compile  - the training step of the first config at batch GPU_SESSION_BATCH, float32, cold
-#              cache (compile time, step time, peak memory, XLA's memory analysis, per-function
-#              compile log), and beside it the same step compiled only with
-#              --xla_gpu_autotune_level=0 (what autotuning costs in compile time);
+#              cache, alone on the GPU with JAX's default preallocation (compile time, step time,
+#              peak memory, XLA's memory analysis, per-function compile log), and beside it the
+#              same step compiled only with --xla_gpu_autotune_level=0 (what autotuning costs);
 #   warm     - the same step again in a new process with the cache the cold one filled;
-#   train    - benchmarks/against_torch.py, training step only (float32 from the cache, then
-#              bfloat16), PyTorch reference side by side;
+#   train    - benchmarks/against_torch.py, training step only, PyTorch reference side by side
+#              (float32 from the cache the compile part filled, then bfloat16);
+#   profile  - benchmarks/op_profile.py: where one animated frame's time goes at batch 1;
+#   animate  - benchmarks/against_torch.py, animation only: one frame per call and batched,
+#              float32 and bfloat16, same weights;
 #   bg       - (background) the training step with --xla_gpu_autotune_level=0, cold, into the
 #              same cache, measured while the next parts run; "wait" waits for it;
 #   startup  - benchmarks/startup.py (main's first step and the first animated frame, cold and
 #              warm cache) for the first config, when time is left.
-# A part starts only when GPU_SESSION_BUDGET seconds are not yet spent. Dry-run on a CPU first:
+# A part starts only when GPU_SESSION_BUDGET seconds are not yet spent. Parts where PyTorch and
+# JAX share the GPU turn JAX's preallocation off; the others keep it (with it off, the process
+# that autotuned could not find one 45 GiB block for the step's temporaries: measured
+# 2026-11-27 on an H200). Dry-run on a CPU first:
 #
 #   OUT=/tmp/out GPU_SESSION_CONFIGS=synthetic:tiny:face_vid2vid GPU_SESSION_BATCH=2 \
 #     GPU_SESSION_TORCH_CONFIG=synthetic:tiny:face_vid2vid GPU_SESSION_BUDGET=900 \
-#     bash benchmarks/gpu_session.sh
+#     GPU_SESSION_PARTS="compile warm train profile animate" bash benchmarks/gpu_session.sh
 #
 # On the device: carry .whl (grain, ml_collections, array_record, dm-tree, importlib_resources,
 # portpicker as gpu.md says) and run  bash benchmarks/gpu_session.sh.
@@ -33,10 +37,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+export PYTHONUNBUFFERED=1
 configs="${GPU_SESSION_CONFIGS:-vox_face_vid2vid}"
 first=${configs%% *}
-parts="${GPU_SESSION_PARTS:-animate compile warm train startup}"
+parts="${GPU_SESSION_PARTS:-compile warm train profile animate startup}"
 torch_config="${GPU_SESSION_TORCH_CONFIG:-vox_face_vid2vid}"  # a face_vid2vid config
 batch="${GPU_SESSION_BATCH:-16}"
 budget="${GPU_SESSION_BUDGET:-500}"
@@ -63,7 +67,8 @@ step() {  # step NAME DTYPE STEPS [env assignments...]
 
 animate_part() {
   [ "$(left)" -gt 120 ] || return
-  timeout "$(left)" python3 benchmarks/against_torch.py --config "$torch_config" --no-train \
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(left)" python3 benchmarks/against_torch.py \
+    --config "$torch_config" --no-train \
     --batch-sizes "$batch" --dtypes float32 bfloat16 --frames 8 \
     --json "$OUT/against_torch.jsonl" >"$OUT/animate.log" 2>&1
 }
@@ -82,7 +87,7 @@ warm_part() {
 }
 
 bg_part() {
-  step autotune0 float32 3 MMFA_JAX_CACHE_DIR="$cache" XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 \
+  step autotune0 float32 3 MMFA_JAX_CACHE_DIR="$cache" XLA_PYTHON_CLIENT_PREALLOCATE=false \
     XLA_FLAGS=--xla_gpu_autotune_level=0 &
 }
 
@@ -95,9 +100,17 @@ wait_part() {
 train_part() {
   [ "$(left)" -gt 90 ] || return
   # shellcheck disable=SC2086
-  XLA_FLAGS="${GPU_SESSION_TRAIN_XLA_FLAGS:-}" MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/against_torch.py \
+  XLA_FLAGS="${GPU_SESSION_TRAIN_XLA_FLAGS:-}" MMFA_JAX_CACHE_DIR="$cache" \
+    XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(left)" python3 benchmarks/against_torch.py \
     --config "$torch_config" --no-animate --train-batch "$batch" --dtypes ${GPU_SESSION_TRAIN_DTYPES:-float32 bfloat16} \
     --json "$OUT/against_torch.jsonl" >"$OUT/train.log" 2>&1
+}
+
+profile_part() {
+  [ "$(left)" -gt 90 ] || return
+  MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/op_profile.py --path animate \
+    --config "$torch_config" --batch-size 1 --top 30 --json "$OUT/profile.jsonl" \
+    >"$OUT/profile.log" 2>&1
 }
 
 startup_part() {

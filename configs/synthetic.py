@@ -104,6 +104,7 @@ def _tiny_networks_on_vox(variant: str) -> ml_collections.ConfigDict:
   still, and face-vid2vid's HEEstimator tiny as well (``variant``: "mmfa" or "face_vid2vid")."""
   config = vox.get_config()
   config.image_size = 64
+  config.perceptual_scales = (1.0, 0.5, 0.25)  # 64..16 px: VGG19's deepest layer needs 16
   model = config.model
   model.variant = variant
   _networks(model, tiny=True)

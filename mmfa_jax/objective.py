@@ -54,7 +54,28 @@ def required_pretrained(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     )
   if config.loss.vggface > 0:
     kinds.append("vggface")
+  if "vgg19" in kinds:
+    _check_vgg19_sizes(config)
   return tuple(kinds)
+
+
+VGG19_MIN_SIZE = 16  # relu5_1 comes after four 2x poolings: smaller images have no pixels left
+
+
+def _check_vgg19_sizes(config: ml_collections.ConfigDict) -> None:
+  """Refuses perceptual pyramids whose smallest image VGG19 cannot see (its deepest layer would be
+  empty and the loss NaN, so every generator update would be skipped)."""
+  if config.model.generator.get("kind", "multiscale") == "multiscale":  # its pyramids stop here
+    smallest, where = int(config.loss.perceptual_min_size), "config.loss.perceptual_min_size"
+  else:
+    scale = min(config.perceptual_scales)
+    smallest = int(config.image_size * scale)
+    where = f"config.perceptual_scales ({scale} of image_size {config.image_size})"
+  if smallest < VGG19_MIN_SIZE:
+    raise ValueError(
+      f"{where} gives {smallest} px perceptual images; VGG19's four poolings need at least "
+      f"{VGG19_MIN_SIZE} px (drop the smaller scales or use perceptual_features='pixels')"
+    )
 
 
 # --------------------------------------------------------------------------------------------

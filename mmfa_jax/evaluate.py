@@ -38,7 +38,6 @@ from mmfa_jax import cli
 
 PROTOCOLS = ("reconstruction", "cross_identity")
 METRICS = ("l1", "psnr", "ssim", "lpips", "fid")
-HELD_OUT_SEED = 1_000_003  # synthetic identities never seen in training (training seeds are small)
 SYNTHETIC_VIDEOS = 8
 
 
@@ -115,7 +114,7 @@ def synthetic_items(
   protocol: str, size: int, num_videos: int, max_frames: int | None
 ) -> Iterator[Item]:
   """Held-out synthetic heads (``HELD_OUT_SEED``) with exact targets for both protocols."""
-  from mmfa_jax.data.synthetic import SyntheticHeads, render_head
+  from mmfa_jax.data.synthetic import HELD_OUT_SEED, SyntheticHeads, render_head
 
   heads = SyntheticHeads(seed=HELD_OUT_SEED, num_videos=num_videos)
   frames = heads.num_frames if max_frames is None else min(max_frames, heads.num_frames)
@@ -207,7 +206,7 @@ def edit_accuracy(
   ``mean_abs_error_deg``, ``|angle(edit) - angle(target)|`` with both angles measured by the
   model's own pose estimate (the frozen Hopenet for MMFA; its bias cancels). The edits are saved
   as ``output/edits/<attribute>/<video>/000000{0,1}.png`` (-delta, +delta) and scored as saved."""
-  from mmfa_jax.data.synthetic import SyntheticHeads, render_head
+  from mmfa_jax.data.synthetic import HELD_OUT_SEED, SyntheticHeads, render_head
   from mmfa_jax.metrics import image_metrics, mean_finite
 
   heads = SyntheticHeads(seed=HELD_OUT_SEED, num_videos=num_videos)

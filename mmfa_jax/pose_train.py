@@ -33,7 +33,6 @@ from mmfa_jax.ops.rotation import ANGLE_BIN_WIDTH, ANGLE_OFFSET, bins_to_degrees
 from mmfa_jax.train_state import TrainState, apply_gradients, make_optimizer, step_schedule
 
 ANGLES = ("yaw", "pitch", "roll")
-HELD_OUT_SEED = 1_000_003  # the held-out identities of mmfa_jax.evaluate
 
 
 def angle_bins(degrees: jax.Array, num_bins: int = 66) -> jax.Array:
@@ -144,6 +143,8 @@ def train_pose_network(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data = config.data.synthetic
   logging.info("rendering %d training and %d held-out frames", data.num_videos * pose.frames_per_video,
                pose.held_out_videos * pose.held_out_frames)  # fmt: skip
+  from mmfa_jax.data.synthetic import HELD_OUT_SEED
+
   images, angles = render_set(data.seed, data.num_videos, pose.frames_per_video, size)
   held_images, held_angles = render_set(
     HELD_OUT_SEED, pose.held_out_videos, pose.held_out_frames, size, 4

@@ -11,7 +11,7 @@ from model_helpers import save_random_face_vid2vid
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from mmfa_jax import evaluate
-from mmfa_jax.data.synthetic import SyntheticHeads
+from mmfa_jax.data.synthetic import HELD_OUT_SEED, SyntheticHeads
 from mmfa_jax.data.video import read_image, write_image
 
 SIZE = 64
@@ -100,7 +100,7 @@ def test_cross_identity_on_synthetic_heads_against_exact_targets(model_dir, tmp_
   # Pose edits by +-20 degrees, saved and scored against the renderer's exact target.
   from mmfa_jax.data.synthetic import render_head
 
-  heads = SyntheticHeads(seed=evaluate.HELD_OUT_SEED, num_videos=2)
+  heads = SyntheticHeads(seed=HELD_OUT_SEED, num_videos=2)
   assert set(result["edits"]) == {"yaw", "pitch", "roll"}
   for attribute, scores in result["edits"].items():
     assert scores["degrees"] == 20.0 and scores["mean_abs_error_deg"] >= 0

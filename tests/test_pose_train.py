@@ -12,6 +12,7 @@ import torch
 from configs import synthetic, synthetic_pose
 from mmfa_jax import pose_train
 from mmfa_jax.checkpoints import load_converted
+from mmfa_jax.data.synthetic import HELD_OUT_SEED
 from mmfa_jax.models.variants import variant_from_config
 
 
@@ -64,7 +65,7 @@ def test_tiny_run_writes_a_hopenet_an_mmfa_model_reads(tmp_path):
   pose = jax.jit(lambda v, x: variant.head_pose({"hopenet": v}, x))(variables, images)
   assert set(pose) == {"yaw", "pitch", "roll"} and pose["yaw"].shape == (2,)
   # The error it reports is that of the same frozen-mode network on the held-out frames.
-  held, truth = pose_train.render_set(pose_train.HELD_OUT_SEED, 2, 2, 64, 4)
+  held, truth = pose_train.render_set(HELD_OUT_SEED, 2, 2, 64, 4)
   measured = jax.jit(lambda v, x: variant.head_pose({"hopenet": v}, x))(variables, held / 255.0)
   mae = float(np.mean(np.abs(np.asarray(measured["yaw"]) - truth[:, 0])))
   assert errors["yaw"] == pytest.approx(mae, abs=1e-3)

@@ -266,6 +266,26 @@ def test_arrayrecord_build_and_pipeline(tmp_path):
   assert bad.returncode == 2 and "no train/ or test/ folder" in bad.stderr
 
 
+@pytest.mark.parametrize("content", ["corrupt", "empty"])
+def test_build_dataset_refuses_a_split_with_no_readable_video(tmp_path, content):
+  root = tmp_path / "root dir é"  # a space and a non-ASCII name in the path
+  (root / "train").mkdir(parents=True)
+  if content == "corrupt":
+    (root / "train" / "id01#only.mp4").write_bytes(os.urandom(2048))
+  output = tmp_path / "built"
+  result = run_tool("build_dataset.py", "--input", root, "--output", output, "--image_size", 32)
+  assert result.returncode == 2, result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+  want = (
+    "none of its 1 videos could be read (first: id01#only.mp4)"
+    if content == "corrupt"
+    else ("no videos")
+  )
+  assert str(root / "train") in errors[0] and want in errors[0], errors[0]
+  assert not output.exists()  # nothing half-written
+
+
 def test_evaluation_iteration(tmp_path):
   from mmfa_jax.data.evaluation import cross_identity_pairs, read_pairs_csv, reconstruction_videos
 

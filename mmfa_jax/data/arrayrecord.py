@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,7 @@ def _builder_class():
       self.image_size = image_size
       self.quality = quality
       self.skipped: dict[str, list[str]] = {split: [] for split in SPLITS}
+      self.written: dict[str, int] = {split: 0 for split in SPLITS}
       super().__init__(**kwargs)
 
     def _info(self) -> Any:
@@ -93,6 +95,7 @@ def _builder_class():
           self.skipped[split].append(path)
           continue
         encoded = [_encode_jpeg(resize(frame, self.image_size), self.quality) for frame in frames]
+        self.written[split] += 1
         yield (
           name,
           {
@@ -118,10 +121,16 @@ def build_dataset(
 
   if not any(os.path.isdir(os.path.join(root, split)) for split in SPLITS):
     raise ValueError(f"{root}: no train/ or test/ folder")
+  output_existed = os.path.exists(output)
   builder = _builder_class()(
     root=root, image_size=image_size, quality=quality, data_dir=output, file_format="array_record"
   )
-  builder.download_and_prepare()
+  try:
+    builder.download_and_prepare()
+  except AssertionError as error:  # TFDS: a split generated no examples
+    if not output_existed:  # nothing half-written is left behind
+      shutil.rmtree(output, ignore_errors=True)
+    raise ValueError(_empty_split_message(root, builder)) from error
   index: dict[str, Any] = {"image_size": image_size, "splits": {}}
   for split in builder.info.splits:
     records = tfds.builder_from_directory(builder.data_dir).as_data_source(split=split)
@@ -142,6 +151,22 @@ def build_dataset(
     json.dump(index, handle, indent=1)
   index["data_dir"] = str(builder.data_dir)
   return index
+
+
+def _empty_split_message(root: str, builder: Any) -> str:
+  """Why a split of ``root`` gave no examples: no video entries, or none of them readable."""
+  for split in SPLITS:
+    folder = os.path.join(root, split)
+    if not os.path.isdir(folder) or builder.written[split]:
+      continue
+    skipped = builder.skipped[split]
+    if not skipped:
+      return f"{folder}: no videos (video files or folders of frames)"
+    return (
+      f"{folder}: none of its {len(skipped)} videos could be read "
+      f"(first: {os.path.basename(skipped[0])}); nothing was written"
+    )
+  return f"{root}: a split gave no examples; nothing was written"
 
 
 class ArrayRecordSource:

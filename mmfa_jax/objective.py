@@ -22,7 +22,7 @@ from mmfa_jax import losses
 from mmfa_jax.models.animation import DTYPES, AnimationModel, animation_model_from_config
 from mmfa_jax.models.discriminator import MultiScaleDiscriminator
 from mmfa_jax.models.hopenet import Hopenet, hopenet_head_pose
-from mmfa_jax.models.perceptual import VGG19, VGGFace
+from mmfa_jax.models.perceptual import VGG19, VGG19_MIN_SIZE, VGGFace
 from mmfa_jax.models.variants import Variant, variant_from_config
 from mmfa_jax.ops.layers import sequential_running_statistics
 from mmfa_jax.ops.pyramid import image_pyramid
@@ -59,9 +59,6 @@ def required_pretrained(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(kinds)
 
 
-VGG19_MIN_SIZE = 16  # relu5_1 comes after four 2x poolings: smaller images have no pixels left
-
-
 def _check_vgg19_sizes(config: ml_collections.ConfigDict) -> None:
   """Refuses perceptual pyramids whose smallest image VGG19 cannot see (its deepest layer would be
   empty and the loss NaN, so every generator update would be skipped)."""
@@ -72,10 +69,8 @@ def _check_vgg19_sizes(config: ml_collections.ConfigDict) -> None:
     smallest = int(config.image_size * scale)
     where = f"config.perceptual_scales ({scale} of image_size {config.image_size})"
   if smallest < VGG19_MIN_SIZE:
-    raise ValueError(
-      f"{where} gives {smallest} px perceptual images; VGG19's four poolings need at least "
-      f"{VGG19_MIN_SIZE} px (drop the smaller scales or use perceptual_features='pixels')"
-    )
+    raise ValueError(f"{where} gives {smallest} px perceptual images; VGG19's four poolings need "
+                     f"at least {VGG19_MIN_SIZE} px (drop the smaller scales or use pixels)")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

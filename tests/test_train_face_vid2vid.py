@@ -8,7 +8,8 @@ import pytest
 
 from configs import synthetic
 from mmfa_jax.initialization import init_variables
-from mmfa_jax.objective import VGG19_MIN_SIZE, Networks, required_pretrained
+from mmfa_jax.models.perceptual import VGG19_MIN_SIZE
+from mmfa_jax.objective import Networks, required_pretrained
 from mmfa_jax.sharding import make_mesh
 from mmfa_jax.train import Trainer
 
@@ -54,6 +55,18 @@ def test_face_vid2vid_step_trains_every_term():
   assert np.isfinite(metrics["generator_loss"])
   assert metrics["generator_skipped"] == 0 and metrics["discriminator_skipped"] == 0
   assert not np.array_equal(before, np.asarray(jax.tree.leaves(generator.params)[0]))
+
+
+def test_vgg19_min_size_is_where_its_last_tap_empties():
+  from mmfa_jax.models.perceptual import VGG19
+
+  def last_tap(size):
+    image = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+    variables = jax.eval_shape(VGG19().init, jax.random.key(0), image)
+    return jax.eval_shape(VGG19().apply, variables, image)[-1].shape
+
+  assert last_tap(VGG19_MIN_SIZE) == (1, 1, 1, 512)
+  assert last_tap(VGG19_MIN_SIZE // 2)[1:3] == (0, 0)
 
 
 @pytest.mark.parametrize("variant", ["face_vid2vid", "mmfa"])

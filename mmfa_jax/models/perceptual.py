@@ -26,6 +26,8 @@ VGGFACE_MEAN = (129.186279296875, 104.76238250732422, 93.59396362304688)  # RGB,
 _VGG19_BLOCKS = (2, 2, 4, 4, 1)
 _VGG16_BLOCKS = (2, 2, 3, 3, 1)
 _WIDTHS = (64, 128, 256, 512, 512)
+# The smallest image VGG19's last tap sees: relu5_1 comes after four 2x poolings.
+VGG19_MIN_SIZE = 2 ** (len(_VGG19_BLOCKS) - 1)
 
 
 def _max_pool(x: jax.Array) -> jax.Array:

@@ -13,33 +13,15 @@ from __future__ import annotations
 import ml_collections
 
 from configs import synthetic
+from mmfa_jax.pose_train import pose_task_config
 
 
 def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   """``arg``: "small" (the network of configs/synthetic.py) or "tiny" (tests)."""
   if arg not in ("small", "tiny"):
     raise ValueError(f"configs/synthetic_pose.py takes 'small' or 'tiny', got {arg!r}")
-  tiny = arg == "tiny"
-  base = synthetic.get_config(arg)
-  config = ml_collections.ConfigDict()
-  config.task = "pose_network"
-  config.image_size = base.image_size
-  config.model = ml_collections.ConfigDict(dict(hopenet=dict(base.model.hopenet)))
-  config.data = ml_collections.ConfigDict(
-    dict(source="synthetic", synthetic=dict(base.data.synthetic))
-  )
-  config.pose = ml_collections.ConfigDict(
-    dict(
-      seed=0,
-      batch_size=8 if tiny else 32,
-      num_steps=3 if tiny else 1500,
-      learning_rate=1e-3,
-      decay_at=(0.7,),  # fractions of num_steps: learning rate x0.1 from there
-      alpha=0.1,  # weight of the squared expectation error (degrees^2) beside the bin cross-entropy
-      frames_per_video=2 if tiny else 32,  # rendered once; batches are drawn from them
-      held_out_videos=2 if tiny else 16,
-      held_out_frames=2 if tiny else 8,
-      log_every=1 if tiny else 50,
-    )
-  )
-  return config
+  settings = {}  # "small": pose_train.POSE_SETTINGS (1,500 steps of 32 frames)
+  if arg == "tiny":
+    settings = dict(batch_size=8, num_steps=3, frames_per_video=2, held_out_videos=2,
+                    held_out_frames=2, log_every=1)  # fmt: skip
+  return pose_task_config(synthetic.get_config(arg), **settings)

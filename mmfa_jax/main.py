@@ -70,10 +70,12 @@ def main(argv: list[str]) -> None:
     train_pose_network(config, _WORKDIR.value)
     return
   from mmfa_jax.data.pipeline import make_source
+  from mmfa_jax.pose_train import pretrain_pose_network
   from mmfa_jax.train import Trainer, train_and_evaluate
 
   try:  # configuration problems: a clear message and exit 2, before anything is compiled
     make_source(config.data)
+    pretrain_pose_network(config, _WORKDIR.value)  # configs/synthetic.py: its frozen pose first
     if config.get("task", "animation") == "expression_vae":
       from mmfa_jax.vae_train import VAETrainer
 

@@ -33,6 +33,65 @@ from mmfa_jax.ops.rotation import ANGLE_BIN_WIDTH, ANGLE_OFFSET, bins_to_degrees
 from mmfa_jax.train_state import TrainState, apply_gradients, make_optimizer, step_schedule
 
 ANGLES = ("yaw", "pitch", "roll")
+POSE_DIRECTORY = "pose_network"  # WORKDIR/pose_network of an MMFA run that pretrains its pose
+
+# Pose-training settings (config.pose of configs/synthetic_pose.py, config.pose_pretraining of
+# configs/synthetic.py).
+POSE_SETTINGS = dict(
+  seed=0,
+  batch_size=32,
+  num_steps=1500,
+  learning_rate=1e-3,
+  decay_at=(0.7,),  # fractions of num_steps: learning rate x0.1 from there
+  alpha=0.1,  # weight of the squared expectation error (degrees^2) beside the bin cross-entropy
+  frames_per_video=32,  # rendered once; batches are drawn from them
+  held_out_videos=16,
+  held_out_frames=8,
+  log_every=50,
+)
+
+
+def pose_task_config(base: ml_collections.ConfigDict, **settings: Any) -> ml_collections.ConfigDict:
+  """The pose-network task for the synthetic heads and Hopenet widths of ``base`` (an MMFA
+  synthetic config): ``POSE_SETTINGS`` updated with ``settings``."""
+  config = ml_collections.ConfigDict()
+  config.task = "pose_network"
+  config.image_size = base.image_size
+  config.model = ml_collections.ConfigDict(dict(hopenet=dict(base.model.hopenet)))
+  config.data = ml_collections.ConfigDict(
+    dict(source="synthetic", synthetic=dict(base.data.synthetic))
+  )
+  config.pose = ml_collections.ConfigDict(dict(POSE_SETTINGS, **settings))
+  return config
+
+
+def pretrain_pose_network(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """An MMFA config with the frozen pose network (``model.pose_network="hopenet"``),
+  ``pose_pretraining`` settings and no ``pretrained.hopenet`` gets its frozen pose
+  network here first: trained into ``WORKDIR/pose_network`` (or found there, when the run is
+  resumed) and set as ``config.pretrained.hopenet``. Other configs are left as they are."""
+  from mmfa_jax.models.variants import variant_from_config
+
+  settings = config.get("pose_pretraining")
+  if (
+    settings is None
+    or config.pretrained.get("hopenet")
+    or config.get("task", "animation") != "animation"
+  ):
+    return
+  if not variant_from_config(config.model).frozen_pose:  # model.pose_network="learned"
+    return
+  directory = os.path.join(os.path.abspath(workdir), POSE_DIRECTORY)
+  if not os.path.isfile(os.path.join(directory, "pose_metrics.json")):  # written last
+    if jax.process_count() > 1:
+      raise ValueError(
+        "pose pretraining runs in one process: run configs/synthetic_pose.py first and pass "
+        "--config.pretrained.hopenet=DIR/hopenet"
+      )
+    logging.info("pretraining the frozen pose network in %s", directory)
+    train_pose_network(pose_task_config(config, **dict(settings)), directory)
+  with config.unlocked():
+    config.pretrained.hopenet = os.path.join(directory, "hopenet")
 
 
 def angle_bins(degrees: jax.Array, num_bins: int = 66) -> jax.Array:

@@ -69,3 +69,32 @@ def test_tiny_run_writes_a_hopenet_an_mmfa_model_reads(tmp_path):
   measured = jax.jit(lambda v, x: variant.head_pose({"hopenet": v}, x))(variables, held / 255.0)
   mae = float(np.mean(np.abs(np.asarray(measured["yaw"]) - truth[:, 0])))
   assert errors["yaw"] == pytest.approx(mae, abs=1e-3)
+
+
+def test_mmfa_run_pretrains_its_frozen_pose_network_once(tmp_path):
+  config = synthetic.get_config("tiny")
+  config.model.pose_network = "hopenet"
+  config.pose_pretraining = dict(
+    batch_size=4, num_steps=2, frames_per_video=2, held_out_videos=2, held_out_frames=2
+  )
+  pose_train.pretrain_pose_network(config, str(tmp_path))
+  directory = tmp_path / pose_train.POSE_DIRECTORY
+  assert config.pretrained.hopenet == str(directory / "hopenet")
+  assert load_converted(directory / "hopenet", "hopenet")[1]["trained_steps"] == 2
+  written = (directory / "pose_metrics.json").stat().st_mtime_ns
+
+  resumed = synthetic.get_config("tiny")  # the same command again: found, not trained again
+  resumed.model.pose_network = "hopenet"
+  resumed.pose_pretraining = dict(config.pose_pretraining)
+  pose_train.pretrain_pose_network(resumed, str(tmp_path))
+  assert resumed.pretrained.hopenet == config.pretrained.hopenet
+  assert (directory / "pose_metrics.json").stat().st_mtime_ns == written
+
+  unchanged_learned, unchanged_given = (synthetic.get_config("tiny"), synthetic.get_config("tiny"))
+  unchanged_given.model.pose_network = "hopenet"
+  unchanged_given.pretrained.hopenet = "/elsewhere/hopenet"  # named: used as it is
+  pose_train.pretrain_pose_network(unchanged_learned, str(tmp_path / "learned"))  # learned pose
+  pose_train.pretrain_pose_network(unchanged_given, str(tmp_path / "given"))
+  assert unchanged_learned.pretrained.hopenet is None
+  assert unchanged_given.pretrained.hopenet == "/elsewhere/hopenet"
+  assert not (tmp_path / "learned").exists() and not (tmp_path / "given").exists()

@@ -51,7 +51,9 @@ def _animate(args, dump_dir: str) -> tuple[str, object]:
 
   from mmfa_jax.inference import Animator
 
-  config = importlib.import_module(f"configs.{args.config}").get_config()
+  module, _, argument = args.config.partition(":")  # e.g. synthetic:tiny:face_vid2vid
+  get_config = importlib.import_module(f"configs.{module}").get_config
+  config = get_config(argument) if argument else get_config()
   size = config.image_size
   variables, frozen = random_model(config)
   animator = Animator(

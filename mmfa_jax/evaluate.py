@@ -210,18 +210,19 @@ def edit_accuracy(
   from mmfa_jax.metrics import image_metrics, mean_finite
 
   heads = SyntheticHeads(seed=HELD_OUT_SEED, num_videos=num_videos)
-  results = {}
-  for attribute in ("yaw", "pitch", "roll"):
-    values: dict[str, list[float]] = {"l1": [], "psnr": [], "ssim": [], "error": []}
-    copies: dict[str, list[float]] = {"l1": [], "psnr": [], "ssim": []}
-    for video in range(num_videos):
-      source = heads.frame(video, 0, size)
-      state = animator.encode_source(source)
+  angles = ("yaw", "pitch", "roll")
+  deltas = np.asarray([-degrees, degrees], np.float32)
+  values = {a: {"l1": [], "psnr": [], "ssim": [], "error": []} for a in angles}
+  copies = {a: {"l1": [], "psnr": [], "ssim": []} for a in angles}
+  for video in range(num_videos):
+    source = heads.frame(video, 0, size)
+    state = animator.encode_source(source)  # once per source, for all its edits
+    truth = heads.motion(video, 0)
+    for attribute in angles:
       estimate = float(getattr(animator.source_motion(state), attribute)[0])
-      deltas = np.asarray([-degrees, degrees], np.float32)
-      edited = animator.edit(source, **{attribute: estimate + deltas})  # (2, S, S, 3)
+      keypoints = animator.edit_keypoints(state, **{attribute: estimate + deltas})
+      edited = animator.render(state, keypoints)  # (2, S, S, 3)
       edited = _save_frames(os.path.join(output, "edits", attribute, f"{video:03d}"), edited)
-      truth = heads.motion(video, 0)
       targets = np.stack(
         [render_head(heads.identity(video), dict(truth, **{attribute: truth[attribute] + d}), size)
          for d in deltas]
@@ -229,18 +230,20 @@ def edit_accuracy(
       scores = image_metrics(edited, targets)
       unedited = image_metrics(np.stack([source, source]), targets)  # the copy-source floor
       for name in ("l1", "psnr", "ssim"):
-        values[name].extend(np.asarray(scores[name]).tolist())
-        copies[name].extend(np.asarray(unedited[name]).tolist())
+        values[attribute][name].extend(np.asarray(scores[name]).tolist())
+        copies[attribute][name].extend(np.asarray(unedited[name]).tolist())
       measured = getattr(animator.motion(np.concatenate([edited, targets]), state), attribute)
       measured = np.asarray(measured)
-      values["error"].extend(np.abs(measured[:2] - measured[2:]).tolist())
-    results[attribute] = {
+      values[attribute]["error"].extend(np.abs(measured[:2] - measured[2:]).tolist())
+  return {
+    attribute: {
       "degrees": float(degrees),
-      "mean_abs_error_deg": mean_finite(values.pop("error")),
-      **{name: mean_finite(v) for name, v in values.items()},
-      "copy_source": {name: mean_finite(v) for name, v in copies.items()},
+      "mean_abs_error_deg": mean_finite(values[attribute].pop("error")),
+      **{name: mean_finite(v) for name, v in values[attribute].items()},
+      "copy_source": {name: mean_finite(v) for name, v in copies[attribute].items()},
     }
-  return results
+    for attribute in angles
+  }
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,17 +251,20 @@ def edit_accuracy(
 
 
 class Scorer:
-  """Accumulates per-frame metrics and FID statistics for one set of predictions."""
+  """Accumulates per-frame metrics and FID statistics for one set of predictions; ``real_from``:
+  another scorer of the same real frames whose real-frame statistics this one reads (computed once)."""
 
-  def __init__(self, wanted: Sequence[str], lpips: Any, inception: Any):
+  def __init__(self, wanted: Sequence[str], lpips: Any, inception: Any, real_from: Any = None):
     self.wanted = wanted
     self.values: dict[str, list[float]] = {k: [] for k in wanted if k != "fid"}
     self.lpips, self.inception = lpips, inception
     self.generated = self.real = None
+    self.owns_real = real_from is None
     if "fid" in wanted:
       from mmfa_jax.metrics import FeatureStatistics
 
-      self.generated, self.real = FeatureStatistics(2048), FeatureStatistics(2048)
+      self.generated = FeatureStatistics(2048)
+      self.real = FeatureStatistics(2048) if self.owns_real else real_from.real
 
   def add(self, prediction: np.ndarray, target: np.ndarray | None, real: np.ndarray) -> None:
     from mmfa_jax.metrics import image_metrics
@@ -272,7 +278,8 @@ class Scorer:
         self.values["lpips"].extend(np.asarray(self.lpips(prediction, target)).tolist())
     if self.generated is not None:
       self.generated.add(np.asarray(self.inception(prediction)))
-      self.real.add(np.asarray(self.inception(real)))
+      if self.owns_real:
+        self.real.add(np.asarray(self.inception(real)))
 
   def summary(self) -> dict[str, float]:
     from mmfa_jax.metrics import fid, mean_finite
@@ -423,7 +430,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     _padded(loaded[k][0], args.batch_size) if k in loaded else None for k in ("lpips", "inception")
   )
   model = Scorer(wanted, lpips_fn, inception_fn)
-  baseline = Scorer(wanted, lpips_fn, inception_fn)
+  baseline = Scorer(wanted, lpips_fn, inception_fn, real_from=model)  # the same real frames
   mode = "absolute" if args.protocol == "reconstruction" else "relative"
   counts = {"videos": 0, "frames": 0, "skipped_videos": 0}
   with tqdm(desc="evaluate", unit="frame", dynamic_ncols=True) as progress:

@@ -89,5 +89,28 @@ def main(argv: list[str]) -> None:
   train_and_evaluate(config, _WORKDIR.value, trainer=trainer)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with problems (unknown config fields, wrong types, a missing config file
+  or flag) reported as one ``error:`` line and exit status 2 instead of a traceback."""
+  from mmfa_jax.config_checks import flag_error_message
+
+  try:
+    parsed = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.keys()  # a config file that failed to load raises only when first used
+    return parsed
+  except (
+    flags.Error,
+    AttributeError,
+    KeyError,
+    TypeError,
+    ValueError,
+    OSError,
+    SyntaxError,
+  ) as error:
+    print(f"error: {flag_error_message(argv, error)}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -27,6 +27,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from mmfa_jax.checkpoints import load_pretrained
+from mmfa_jax.config_checks import check_counts
 from mmfa_jax.evaluators import make_evaluators, run_due
 from mmfa_jax.initialization import evaluate_on_host
 from mmfa_jax.metric_logs import MetricWindow, MetricWriter
@@ -139,6 +140,7 @@ class StepRunner:
   evaluators: tuple = ()  # evaluators.Evaluator: run during training (the animation trainer's)
 
   def _set_up(self, config: ml_collections.ConfigDict, mesh: Mesh | None) -> None:
+    check_counts(config)
     self.config = config
     self.mesh = mesh or make_mesh(config.train.num_devices)
     if config.data.batch_size % self.mesh.size:

@@ -306,6 +306,33 @@ def test_main_reports_configuration_problems_with_exit_2(tmp_path):
   assert not workdir.exists()
 
 
+def test_main_refuses_bad_command_lines_with_one_error_line(tmp_path):
+  missing, broken = tmp_path / "missing.py", tmp_path / "broken config.py"
+  broken.write_text("def get_config(:\n")
+  tiny = "--config=configs/synthetic.py:tiny"
+  cases = [  # (arguments, what the error line says)
+    ([tiny, "--config.nonexistent=1"], "--config.nonexistent=1: the config has no field 'nonexistent'"),
+    ([tiny, "--config.data.batch_size=abc"], "--config.data.batch_size=abc: invalid literal for int()"),
+    ([tiny, "--config.data.batch_size=-2"], "config.data.batch_size=-2 must be at least 1"),
+    ([tiny, "--config.train.log_every=0"], "config.train.log_every=0 must be at least 1"),
+    ([f"--config={missing}"], f"No such file or directory: '{missing}'"),
+    ([f"--config={broken}"], f"--config: {broken}, line 1: invalid syntax"),
+    (["--config=configs/synthetic.py:huge"], "takes 'small', 'bench' or 'tiny'"),
+    ([tiny], "Flag --workdir must have a value other than None"),
+  ]  # fmt: skip
+  running = []
+  for index, (arguments, _) in enumerate(cases):  # in parallel: each is mostly imports
+    workdir = [] if arguments == [tiny] else [f"--workdir={tmp_path / f'run{index}'}"]
+    running.append(_main(*arguments, *workdir, wait=False))
+  for (arguments, message), process in zip(cases, running):
+    _, stderr = process.communicate(timeout=300)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert process.returncode == 2, (arguments, stderr[-2000:])
+    assert len(errors) == 1 and message in errors[0], (arguments, errors)
+    assert "Traceback" not in stderr, (arguments, stderr[-2000:])
+  assert not any(tmp_path.glob("run*"))  # no workdir made
+
+
 class _Heatmaps(nn.Module):
   """5x5 convolution to L = 5 heatmaps, then the soft-argmax of each: ``(B, H, W, 3)`` ->
   ``(B, L, 2)`` (x, y) in [-1, 1]."""

@@ -1,0 +1,40 @@
+"""Checks of a training config's values before anything is built: one clear message per problem
+(``python -m mmfa_jax.main`` reports it as one ``error:`` line and exit status 2)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Config counts that must be at least 1 (sample_every 0: no sample grids; num_steps 0: nothing).
+_POSITIVE = ("data.batch_size", "image_size", "train.log_every", "train.checkpoint_every")
+_NON_NEGATIVE = ("train.num_steps", "train.sample_every", "optim.learning_rate")
+
+
+def check_counts(config: ml_collections.ConfigDict) -> None:
+  """ValueError naming the first count of ``config`` outside its range (before anything is built)."""
+  for names, least in ((_POSITIVE, 1), (_NON_NEGATIVE, 0)):
+    for name in names:
+      section, _, field = name.rpartition(".")
+      holder = config.get(section) if section else config
+      value = holder.get(field) if holder is not None else None
+      if value is not None and value < least:
+        raise ValueError(f"config.{name}={value} must be at least {least}")
+
+
+def flag_error_message(argv: list[str], error: Exception) -> str:
+  """One line for a command line that absl / ml_collections could not parse: the flag with the
+  problem (an unknown config field, a value of the wrong type, a missing config file)."""
+  if isinstance(error, (AttributeError, KeyError)):  # ml_collections: an unknown field
+    field = str(error).strip("\"'")
+    culprit = next((a for a in argv[1:] if a.startswith("--config.") and field in a), "--config")
+    return f"{culprit}: the config has no field {field!r}"
+  if isinstance(error, SyntaxError):  # in the config file
+    return f"--config: {error.filename}, line {error.lineno}: {error.msg}"
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  if len(lines) > 1 and "Traceback" in str(error):  # the config file's get_config raised
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
+  if isinstance(error, OSError) and len(lines) > 1:  # ml_collections: the config file's problem
+    return f"--config: {lines[-1]}"
+  return lines[0]

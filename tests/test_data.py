@@ -213,6 +213,15 @@ def test_video_folder_source_with_broken_entries(tmp_path):
     VideoFolderSource(str(empty), "train")
   with pytest.raises(FileNotFoundError, match="no such folder"):
     VideoFolderSource(str(tmp_path), "test")
+  unreadable = tmp_path / "unreadable" / "train"  # every video broken: refused at start
+  unreadable.mkdir(parents=True)
+  (unreadable / "id01#a.mp4").write_bytes(os.urandom(2048))
+  (unreadable / "id02#b.mp4").write_bytes(b"")
+  (unreadable / "id03#c").mkdir()  # a frame folder without frames
+  with pytest.raises(
+    ValueError, match=r"none of its 3 videos could be read \(first: .*id01#a\.mp4"
+  ):
+    VideoFolderSource(str(tmp_path / "unreadable"), "train")
 
 
 def test_global_batch_is_sharded_on_the_data_axis():

@@ -52,6 +52,23 @@ class SyntheticSource:
     return self.heads.frame(video, int(first), size), self.heads.frame(video, int(second), size)
 
 
+def _require_one_readable(folder: str, videos: list[str]) -> None:
+  """Reads the first frame of each video in turn until one works (normally the first): a data set
+  whose every video is unreadable is refused at start, not after a hundred skipped samples."""
+  first_error = None
+  for video in videos:
+    try:
+      if count_frames(video) >= 1:
+        read_frames(video, [0])
+        return
+      raise FrameReadError(f"{video}: no frames")
+    except FrameReadError as error:
+      first_error = first_error or error
+  raise ValueError(
+    f"{folder}: none of its {len(videos)} videos could be read (first: {first_error})"
+  )
+
+
 class VideoFolderSource:
   """``ROOT/SPLIT`` entries (video files or frame folders), grouped by identity.
 
@@ -74,6 +91,7 @@ class VideoFolderSource:
       raise ValueError(
         f"{folder}: no videos (expected .mp4/.gif/.mov/.webm files or folders of frames)"
       )
+    _require_one_readable(folder, videos)
     groups: dict[str, list[str]] = collections.defaultdict(list)
     for video in videos:
       key = os.path.basename(video).split("#")[0] if id_sampling else os.path.basename(video)

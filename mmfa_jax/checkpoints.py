@@ -141,7 +141,22 @@ def load_converted(
     variables = ocp.StandardCheckpointer().restore(arrays_path)
   except Exception as error:  # orbax raises several types for damaged checkpoints
     raise ConvertedWeightsError(f"{arrays_path}: cannot be restored ({error})") from error
+  require_finite(variables, os.fspath(directory))
   return variables, metadata
+
+
+def require_finite(tree: Any, where: str) -> None:
+  """ConvertedWeightsError naming the tensors of ``tree`` (by path) that hold NaN or infinity."""
+  import jax
+
+  bad = [
+    jax.tree_util.keystr(path, simple=True, separator="/")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(leaf).all()
+  ]
+  if bad:
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise ConvertedWeightsError(f"{where}: non-finite weights (NaN or infinity) in {shown}")
 
 
 def jax_tree_to_numpy(tree: Any) -> Any:

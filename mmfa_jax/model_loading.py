@@ -24,6 +24,7 @@ from mmfa_jax.checkpoints import (
   load_training_run,
   read_metadata,
   read_run_config,
+  require_finite,
 )
 from mmfa_jax.models.expression_vae import ExpressionVAE
 from mmfa_jax.models.variants import FaceVid2Vid, require_variant, variant_from_config
@@ -77,6 +78,7 @@ def load_model(
       f"{directory}: not an mmfa_jax checkpoint (no metadata.json of a converted model, no "
       "config.json of a training run)"
     )
+  require_finite({"model": loaded.variables, "frozen": loaded.frozen}, directory)
   try:
     require_variant(loaded.model_config, variant)
   except ValueError as error:

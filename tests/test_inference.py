@@ -384,6 +384,23 @@ def test_directories_that_are_not_model_checkpoints_are_refused(tmp_path):
   assert issubclass(CheckpointKindError, ConvertedWeightsError)
 
 
+def test_non_finite_weights_are_refused_with_the_tensor_names(tmp_path):
+  from mmfa_jax.checkpoints import load_converted
+
+  hopenet = Hopenet(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64))
+  variables = jax.tree.map(
+    np.array, init_variables(hopenet, 0, np.zeros((1, 64, 64, 3), np.float32))
+  )
+  variables["params"]["fc_yaw"]["bias"][3] = np.nan
+  variables["batch_stats"]["bn1"]["var"][0] = np.inf
+  save_converted(tmp_path / "hopenet", variables, {"kind": "hopenet"})
+  with pytest.raises(
+    ConvertedWeightsError,
+    match=r"non-finite weights .* in batch_stats/bn1/var, params/fc_yaw/bias$",
+  ):
+    load_converted(tmp_path / "hopenet", "hopenet")
+
+
 def test_animate_is_one_compiled_call_per_driving_batch(mmfa, monkeypatch):
   """iter_animate runs motion, target keypoints and render as one call per batch; its frames are
   the staged path's (motion, driving_keypoints, render) with every option."""

@@ -327,7 +327,17 @@ def load_training_run(
     step = max(steps) if step is None else int(step)
     if step not in steps:
       raise ConvertedWeightsError(f"{directory} has no step {step} (it has {sorted(steps)})")
-    arrays = checkpoints.restore_arrays(step, "generator")
+    try:
+      arrays = checkpoints.restore_arrays(step, "generator")
+    except Exception as error:  # orbax / tensorstore raise several types for damaged files
+      root = error
+      while root.__cause__ or root.__context__:  # the innermost error says which file and why
+        root = root.__cause__ or root.__context__
+      detail = (str(root).strip() or type(root).__name__).splitlines()[0]
+      raise ConvertedWeightsError(
+        f"{os.path.join(directory, str(step))}: cannot be restored ({detail}); an earlier step "
+        f"may load with --step (steps: {sorted(steps)})"
+      ) from error
   finally:
     checkpoints.close()
   variables = {"params": arrays["params"], "batch_stats": arrays.get("batch_stats") or {}}

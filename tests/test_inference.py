@@ -384,6 +384,37 @@ def test_directories_that_are_not_model_checkpoints_are_refused(tmp_path):
   assert issubclass(CheckpointKindError, ConvertedWeightsError)
 
 
+def test_damaged_training_runs_are_refused_naming_the_checkpoint(tmp_path):
+  import shutil
+
+  from mmfa_jax.checkpoints import load_training_run
+
+  config = _mmfa_config()
+  trained = jax.tree.map(np.array, _mmfa_variables(config))
+  run = tmp_path / "run"
+  save_training_run(run, config, trained)
+  for path in (run / "checkpoints" / "3" / "generator").rglob("*"):
+    if path.is_file() and path.parent.name == "d":  # the array data files
+      path.write_bytes(path.read_bytes()[:100])
+  with pytest.raises(
+    ConvertedWeightsError, match=r"checkpoints/3: cannot be restored \(.*byte range"
+  ):
+    load_training_run(run)
+  shutil.rmtree(run / "checkpoints" / "3")  # no complete step left
+  with pytest.raises(ConvertedWeightsError, match="holds no complete checkpoint"):
+    load_training_run(run)
+  leaf = next(iter(jax.tree_util.tree_leaves(trained["params"])))
+  leaf.flat[0] = np.nan
+  nan_run = tmp_path / "nan_run"
+  save_training_run(nan_run, config, trained)
+  hopenet_dir = tmp_path / "hopenet"
+  save_converted(hopenet_dir, _hopenet_variables(config), {"kind": "hopenet"})
+  with pytest.raises(
+    ConvertedWeightsError, match=r"nan_run: non-finite weights .* in model/params/"
+  ):
+    Animator.from_checkpoint(nan_run, hopenet=hopenet_dir)
+
+
 def test_non_finite_weights_are_refused_with_the_tensor_names(tmp_path):
   from mmfa_jax.checkpoints import load_converted
 

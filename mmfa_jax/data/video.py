@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from typing import Any, Literal
@@ -47,6 +48,8 @@ def to_rgb_float(array: np.ndarray) -> np.ndarray:
     values = array.astype(np.float32) / 255
   else:
     values = array.astype(np.float32)
+    if not np.isfinite(values).all():
+      raise ValueError("non-finite pixel values (NaN or infinity)")
   if values.ndim == 2:
     values = values[..., None]
   channels = values.shape[-1]
@@ -80,20 +83,37 @@ def as_image(image: Any, size: int, name: str = "image") -> np.ndarray:
   return np.clip(array, 0.0, 1.0)
 
 
+MAX_IMAGE_PIXELS = 8192 * 8192  # larger images are refused before their pixels are decoded
+
+
 def read_image(path: str) -> np.ndarray:
-  """One image file -> float32 RGB (H, W, 3) in [0, 1]."""
+  """One image file -> float32 RGB (H, W, 3) in [0, 1]. Images whose header declares more than
+  ``MAX_IMAGE_PIXELS`` are refused before anything is decoded (decompression bombs)."""
   try:
-    with Image.open(path) as image:
+    with warnings.catch_warnings():  # PIL warns of large images; the size is checked just below
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      image = Image.open(path)
+    with image:
+      width, height = image.size
+      if width * height > MAX_IMAGE_PIXELS:
+        raise FrameReadError(
+          f"{path}: {width} x {height} pixels, more than this reads ({MAX_IMAGE_PIXELS:,}); "
+          "resize it first"
+        )
       if image.mode == "P":
         image = image.convert("RGBA")
       if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.uint16)
+      elif image.mode == "F":  # 32-bit float (TIFF): values taken as [0, 1]
+        array = np.asarray(image, dtype=np.float32)
       else:
         if image.mode not in ("L", "LA", "RGB", "RGBA"):
           image = image.convert("RGB")
         array = np.asarray(image)
     return to_rgb_float(array)
-  except (OSError, ValueError, SyntaxError) as error:
+  except FrameReadError:
+    raise
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
     raise FrameReadError(f"{path}: not a readable image ({error})") from error
 
 

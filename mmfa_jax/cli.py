@@ -60,11 +60,28 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
   configure_console(args.verbosity)
   enable_compilation_cache()
   try:
+    _refuse_output_over_an_input(args)
     main(args)
   except USER_ERRORS as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:  # outputs are staged beside their path and removed on the way out
+    print(f"interrupted: nothing was written to {getattr(args, 'output', 'the output')}",
+          file=sys.stderr)  # fmt: skip
+    return 130
   return 0
+
+
+def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
+  """CommandError when ``--output`` names the same file or folder as an input argument."""
+  output = getattr(args, "output", None)
+  if not output:
+    return
+  target = os.path.realpath(output)
+  for name, value in vars(args).items():
+    if name != "output" and isinstance(value, str) and value and os.path.realpath(value) == target:
+      flag = "--" + name.replace("_", "-")
+      raise CommandError(f"{output}: is also the {flag} input; write the output elsewhere")
 
 
 # --------------------------------------------------------------------------------------------

@@ -350,6 +350,8 @@ BAD_ANIMATE = {  # case: (options changed, flags added, message)
   "unknown output": ({"--output": "{out}.avi"}, [], "out.avi: cannot write '.avi'"),
   "frames change size": ({"--driving": "{bad}/mixed"}, [],
                          "mixed: frames change size (48x48 after 64x64)"),
+  "output is an input": ({"--output": "{media}/talk.mp4"}, [],
+                         "talk.mp4: is also the --driving input; write the output elsewhere"),
 }  # fmt: skip
 
 
@@ -371,11 +373,15 @@ def test_bad_animate_input(case, fv2v_dir, media, bad, tmp_path, capsys):
     "--driving": str(media / "talk.mp4"),
     "--output": str(out),
   }
-  options.update({k: v.format(bad=bad, out=tmp_path / "out") for k, v in changes.items()})
+  options.update(
+    {k: v.format(bad=bad, out=tmp_path / "out", media=media) for k, v in changes.items()}
+  )
+  talk = (media / "talk.mp4").read_bytes()
   assert animate.main([item for pair in options.items() for item in pair] + flags) == 2
   _assert_one_error(capsys.readouterr().err, message)
   assert out.read_bytes() == b"an earlier result"
   assert sorted(os.listdir(tmp_path)) == ["out.mp4"]  # no partial or staging files
+  assert (media / "talk.mp4").read_bytes() == talk
 
 
 def test_bad_edit_and_interpolate_input(fv2v_dir, mmfa_runs, media, bad, tmp_path, capsys):

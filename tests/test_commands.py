@@ -426,3 +426,34 @@ def test_the_commands_run_as_modules(fv2v_dir, media, bad, tmp_path):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)  # fmt: skip
   assert result.returncode == 0, result.stderr
   assert "wrote" in result.stderr and read_image(str(tmp_path / "o.png")).shape == (SIZE, SIZE, 3)
+
+
+def test_ctrl_c_during_animate_leaves_no_output(fv2v_dir, media, tmp_path):
+  """SIGINT while frames are being written: one 'interrupted' line, exit 130, no output file and
+  no staging file left."""
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  driving = tmp_path / "long"
+  driving.mkdir()
+  frame = np.asarray(Image.open(media / "pose.webp").convert("RGB"))
+  for index in range(400):
+    Image.fromarray(np.roll(frame, index, axis=1)).save(driving / f"{index:04d}.png")
+  output = tmp_path / "out.mp4"
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  command = [sys.executable, "-m", "mmfa_jax.animate", "--checkpoint", fv2v_dir, "--source",
+             str(media / "pose.webp"), "--driving", str(driving), "--output", str(output),
+             "--batch-size", "1"]  # fmt: skip
+  process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+  said, deadline = b"", time.monotonic() + 240
+  while b"frame/s]" not in said and time.monotonic() < deadline:  # frames are being written
+    said += os.read(process.stderr.fileno(), 4096)
+  process.send_signal(signal.SIGINT)
+  said += process.stderr.read()
+  process.wait(timeout=120)
+  text = said.decode(errors="replace")
+  assert process.returncode == 130, text[-2000:]
+  assert f"interrupted: nothing was written to {output}" in text and "Traceback" not in text
+  assert sorted(os.listdir(tmp_path)) == ["long"]  # no output, no staging file

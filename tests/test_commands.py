@@ -431,6 +431,7 @@ def test_the_commands_run_as_modules(fv2v_dir, media, bad, tmp_path):
 def test_ctrl_c_during_animate_leaves_no_output(fv2v_dir, media, tmp_path):
   """SIGINT while frames are being written: one 'interrupted' line, exit 130, no output file and
   no staging file left."""
+  import re
   import signal
   import subprocess
   import sys
@@ -448,8 +449,13 @@ def test_ctrl_c_during_animate_leaves_no_output(fv2v_dir, media, tmp_path):
              "--batch-size", "1"]  # fmt: skip
   process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env, cwd=ROOT)
   said, deadline = b"", time.monotonic() + 240
-  while b"frame/s]" not in said and time.monotonic() < deadline:  # frames are being written
-    said += os.read(process.stderr.fileno(), 4096)
+  written = re.compile(rb"animating: .*\| *([3-9]|[1-9]\d+)/400 \[")  # compiled, 3+ frames out
+  while not written.search(said) and time.monotonic() < deadline:
+    chunk = os.read(process.stderr.fileno(), 4096)
+    if not chunk:  # the process ended before it was interrupted
+      break
+    said += chunk
+  assert process.poll() is None, said.decode(errors="replace")[-2000:]
   process.send_signal(signal.SIGINT)
   said += process.stderr.read()
   process.wait(timeout=120)

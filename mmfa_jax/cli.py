@@ -67,8 +67,10 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
     return 2
   except KeyboardInterrupt:  # outputs are staged beside their path and removed on the way out
     print(f"interrupted: nothing was written to {getattr(args, 'output', 'the output')}",
-          file=sys.stderr)  # fmt: skip
-    return 130
+          file=sys.stderr, flush=True)  # fmt: skip
+    # Leave at once: XLA may still be compiling or computing in its own threads, and tearing the
+    # interpreter down under them crashed (SIGSEGV) when the interrupt came during compilation.
+    os._exit(130)
   return 0
 
 

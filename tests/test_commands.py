@@ -447,7 +447,10 @@ def test_ctrl_c_during_animate_leaves_no_output(fv2v_dir, media, tmp_path):
   command = [sys.executable, "-m", "mmfa_jax.animate", "--checkpoint", fv2v_dir, "--source",
              str(media / "pose.webp"), "--driving", str(driving), "--output", str(output),
              "--batch-size", "1"]  # fmt: skip
-  process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+  # SIGINT as a terminal delivers it (a CI runner started in the background may ignore it, and
+  # the child would inherit that).
+  restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+  process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env, cwd=ROOT, preexec_fn=restore)
   said, deadline = b"", time.monotonic() + 240
   written = re.compile(rb"animating: .*\| *([3-9]|[1-9]\d+)/400 \[")  # compiled, 3+ frames out
   while not written.search(said) and time.monotonic() < deadline:

@@ -80,9 +80,11 @@ def one_device_run(tmp_path_factory, one_device_trainer):
   return workdir, _params(generator), _params(discriminator)
 
 
-def test_synthetic_config_needs_no_pretrained_networks():
-  assert required_pretrained(synthetic.get_config()) == ()
-  with pytest.raises(ValueError, match="small' or 'tiny"):
+def test_synthetic_config_needs_no_converted_weights():
+  small = synthetic.get_config()  # its frozen pose network is pretrained by the command itself
+  assert required_pretrained(small) == ("hopenet",) and small.pose_pretraining.num_steps > 0
+  assert required_pretrained(synthetic.get_config("tiny")) == ()  # the tests' size: pose learned
+  with pytest.raises(ValueError, match="'small', 'bench' or 'tiny'"):
     synthetic.get_config("huge")
 
 

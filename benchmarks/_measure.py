@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import resource
 
@@ -22,6 +23,14 @@ def append_json(path: str | None, record: dict) -> None:
   if path:
     with open(path, "a") as handle:
       handle.write(json.dumps(record) + "\n")
+
+
+def load_config(name: str):
+  """``configs.<module>.get_config()`` of a benchmark's ``--config``: ``module`` or
+  ``module:argument`` (``synthetic:tiny:face_vid2vid`` passes ``tiny:face_vid2vid``)."""
+  module, _, argument = name.partition(":")
+  get_config = importlib.import_module(f"configs.{module}").get_config
+  return get_config(argument) if argument else get_config()
 
 
 def random_model(config, seed: int = 0) -> tuple[dict, dict]:

@@ -27,7 +27,6 @@ mmfa_jax's (above 1: mmfa_jax is faster).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -36,17 +35,10 @@ import sys
 import tempfile
 import time
 
-from _measure import append_json
+from _measure import append_json, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
-def load_config(name: str):
-  """``configs.<module>.get_config()``; ``module:argument`` passes the argument (synthetic:tiny:face_vid2vid)."""
-  module, _, argument = name.partition(":")
-  get_config = importlib.import_module(f"configs.{module}").get_config
-  return get_config(argument) if argument else get_config()
 
 
 def _median_seconds(fn, repeats: int, sync) -> float:

@@ -16,11 +16,10 @@ cumulative over the run, so it is the largest batch's so far).
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import time
 
-from _measure import append_json, peak_memory_gib, random_model
+from _measure import append_json, load_config, peak_memory_gib, random_model
 
 
 def main() -> None:
@@ -41,7 +40,7 @@ def main() -> None:
 
   enable_compilation_cache()  # MMFA_JAX_CACHE_DIR=none measures cold first calls
 
-  config = importlib.import_module(f"configs.{args.config}").get_config()
+  config = load_config(args.config)
   size = config.image_size
   variables, frozen = random_model(config)
   device = jax.devices()[0]

@@ -13,8 +13,15 @@
 #              float32 and bfloat16, same weights;
 #   bg       - (background) the training step with --xla_gpu_autotune_level=0, cold, into the
 #              same cache, measured while the next parts run; "wait" waits for it;
+#   level0   - the training step compiled with --xla_gpu_autotune_level=0, alone on the GPU with
+#              preallocation, cold, into its own cache: compile time and what the knob costs in
+#              step time;
+#   train0   - as train, the JAX side with --xla_gpu_autotune_level=0 from level0's cache;
+#   profiles - op_profile.py for one frame per call (float32) and batch GPU_SESSION_BATCH
+#              (bfloat16);
 #   startup  - benchmarks/startup.py (main's first step and the first animated frame, cold and
-#              warm cache) for the first config, when time is left.
+#              warm cache) for the first config, when time is left;
+#   animstart - benchmarks/startup.py --no-train: the first animated frame only (cold, warm).
 # A part starts only when GPU_SESSION_BUDGET seconds are not yet spent. Parts where PyTorch and
 # JAX share the GPU turn JAX's preallocation off; the others keep it (with it off, the process
 # that autotuned could not find one 45 GiB block for the step's temporaries: measured
@@ -111,6 +118,33 @@ profile_part() {
   MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/op_profile.py --path animate \
     --config "$torch_config" --batch-size 1 --top 30 --json "$OUT/profile.jsonl" \
     >"$OUT/profile.log" 2>&1
+}
+
+level0_part() {
+  [ "$(left)" -gt 60 ] || return
+  step level0 float32 5 MMFA_JAX_CACHE_DIR="$work/cache0" XLA_FLAGS=--xla_gpu_autotune_level=0
+}
+
+train0_part() {
+  GPU_SESSION_TRAIN_XLA_FLAGS=--xla_gpu_autotune_level=0 cache="$work/cache0" train_part
+}
+
+profiles_part() {
+  [ "$(left)" -gt 60 ] || return
+  MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/op_profile.py --path animate \
+    --config "$torch_config" --batch-size 1 --top 30 --json "$OUT/profile.jsonl" \
+    >"$OUT/profile_b1.log" 2>&1
+  [ "$(left)" -gt 45 ] || return
+  MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/op_profile.py --path animate \
+    --config "$torch_config" --batch-size "$batch" --dtype bfloat16 --top 30 \
+    --json "$OUT/profile.jsonl" >"$OUT/profile_b${batch}_bf16.log" 2>&1
+}
+
+animstart_part() {
+  [ "$(left)" -gt 40 ] || return
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(left)" python3 benchmarks/startup.py \
+    --configs "$torch_config" --no-train --workdir "$work/animstart" \
+    --json "$OUT/startup.jsonl" >"$OUT/animstart.log" 2>&1
 }
 
 startup_part() {

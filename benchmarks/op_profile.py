@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib
 import os
 import sys
 import tempfile
 import time
 
-from _measure import append_json, random_model
+from _measure import append_json, load_config, random_model
 
 ANIMATE_MODULE = "animate_batch"
 
@@ -51,9 +50,7 @@ def _animate(args, dump_dir: str) -> tuple[str, object]:
 
   from mmfa_jax.inference import Animator
 
-  module, _, argument = args.config.partition(":")  # e.g. synthetic:tiny:face_vid2vid
-  get_config = importlib.import_module(f"configs.{module}").get_config
-  config = get_config(argument) if argument else get_config()
+  config = load_config(args.config)
   size = config.image_size
   variables, frozen = random_model(config)
   animator = Animator(

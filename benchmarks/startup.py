@@ -13,7 +13,10 @@ animated frame, with an empty compilation cache (cold) and with the cache the co
   its cold case compiles what animation needs.
 
   python benchmarks/startup.py [--configs synthetic vox vox_face_vid2vid] [--batch-size N]
-      [--workdir DIR] [--json OUT.jsonl]
+      [--workdir DIR] [--json OUT.jsonl] [--no-animate | --no-train]
+
+``--no-train`` measures only the animate cases, of an untrained model written as a converted
+face-vid2vid directory (face_vid2vid configs), without paying for a training step's compilation.
 
 Cold cases use a fresh cache directory per config (``MMFA_JAX_CACHE_DIR``), warm cases the same
 directory again with a new workdir. ``--batch-size`` defaults to each config's own for synthetic
@@ -23,7 +26,6 @@ and to 16 (accelerator) or 1 (CPU) for the vox configs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -32,10 +34,14 @@ import sys
 import tempfile
 import time
 
-from _measure import append_json
+from _measure import append_json, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# The commands measured get this environment; this process itself takes no GPU memory ahead (with
+# JAX's default preallocation it would hold 75% of the GPU the commands run on).
+CHILD_ENV = dict(os.environ)
+os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
 
 def _frozen_directories(config, directory: str) -> dict[str, str]:
@@ -73,10 +79,38 @@ def _images(directory: str, size: int) -> tuple[str, str]:
   return source, driving
 
 
+def _untrained_model(config, directory: str) -> str:
+  """An untrained face-vid2vid model of ``config`` as a converted directory (what
+  ``tools/convert_torch_weights.py face_vid2vid`` writes), for the animate cases of ``--no-train``."""
+  import numpy as np
+
+  from mmfa_jax.checkpoints import MODEL_KIND, save_converted
+  from mmfa_jax.initialization import init_variables
+  from mmfa_jax.models import animation_model_from_config, variant_from_config
+  from mmfa_jax.models.motion import zero_head_pose
+
+  if variant_from_config(config.model).name != MODEL_KIND:
+    raise SystemExit(f"--no-train: {config.model.variant} is not a face_vid2vid config")
+  if not os.path.isdir(directory):
+    image = np.zeros((1, config.image_size, config.image_size, 3), np.float32)
+    model = animation_model_from_config(config.model)
+    poses = (zero_head_pose(1), zero_head_pose(1))
+    variables = init_variables(model, 0, image, image, False, poses)
+    metadata = dict(
+      kind=MODEL_KIND,
+      source="random (benchmarks/startup.py)",
+      generator=config.model.generator.kind,
+      model_config=config.model.to_json(),
+      image_size=int(config.image_size),
+    )
+    save_converted(directory, {"model": variables}, metadata)
+  return directory
+
+
 def _run(command: list[str], cache: str, timeout: float, log: str) -> float:
   """Runs ``command`` with ``cache`` as the compilation cache; its output goes to ``log``."""
-  path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-  env = dict(os.environ, PYTHONPATH=path, MMFA_JAX_CACHE_DIR=cache, PYTHONUNBUFFERED="1")
+  path = os.pathsep.join(p for p in (ROOT, CHILD_ENV.get("PYTHONPATH")) if p)
+  env = dict(CHILD_ENV, PYTHONPATH=path, MMFA_JAX_CACHE_DIR=cache, PYTHONUNBUFFERED="1")
   start = time.perf_counter()
   result = subprocess.run(
     command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout
@@ -95,7 +129,10 @@ def main() -> None:
   )
   parser.add_argument("--configs", nargs="+", default=["synthetic", "vox", "vox_face_vid2vid"])
   parser.add_argument("--batch-size", type=int, help="global batch of every training case")
-  parser.add_argument("--no-animate", action="store_true", help="training cases only")
+  which = parser.add_mutually_exclusive_group()
+  which.add_argument("--no-animate", action="store_true", help="training cases only")
+  which.add_argument("--no-train", action="store_true",
+                     help="animate cases only, of an untrained face_vid2vid model")  # fmt: skip
   parser.add_argument("--workdir", help="keep runs, caches and inputs here (default: a temp dir)")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
   parser.add_argument("--json", help="append one JSON line per case to this file")
@@ -103,97 +140,107 @@ def main() -> None:
 
   import jax
 
-  from mmfa_jax.metric_logs import read_metrics
-
   device = jax.devices()[0]
-  accelerator = device.platform != "cpu"
   base = args.workdir or tempfile.mkdtemp(prefix="mmfa-startup-")
   os.makedirs(base, exist_ok=True)
   print(f"start-up on {device.device_kind} ({device.platform}), jax {jax.__version__}; in {base}")
   header = f"{'case':<34} {'command s':>9} {'first step s':>12} {'compiled':>8} {'cached':>6}"
   print(header)
+  facts = dict(platform=device.platform, device=device.device_kind, jax=jax.__version__)
   rows = []
   for name in args.configs:
-    config = importlib.import_module(f"configs.{name}").get_config()
-    batch = args.batch_size or (config.data.batch_size if name == "synthetic" else None)
-    batch = batch or (16 if accelerator else 1)
-    frozen = _frozen_directories(config, os.path.join(base, "frozen", name))
-    cache = os.path.join(base, "cache", name)
-    shutil.rmtree(cache, ignore_errors=True)
-    overrides = [
-      "--config.train.num_steps=1",
-      f"--config.data.batch_size={batch}",
-      "--config.data.source=synthetic",
-      "--config.data.worker_count=0",
-      "--config.train.progress_bar=False",
-      *[f"--config.pretrained.{kind}={path}" for kind, path in frozen.items()],
-    ]
-    last_workdir = None
-    for temperature in ("cold", "warm"):
-      workdir = os.path.join(base, "runs", f"{name}_{temperature}")
-      shutil.rmtree(workdir, ignore_errors=True)
-      command = [
-        sys.executable,
-        "-m",
-        "mmfa_jax.main",
-        f"--config=configs/{name}.py",
-        f"--workdir={workdir}",
-        *overrides,
-      ]
-      seconds = _run(command, cache, args.timeout, f"{workdir}.log")
-      first = read_metrics(workdir)[0]
-      row = dict(
-        case=f"train {name} b{batch} {temperature}",
-        command_s=round(seconds, 1),
-        first_step_s=round(first.get("startup_seconds", float("nan")), 1),
-        compiled=int(first.get("compiled_programs", -1)),
-        compile_s=round(first.get("compile_seconds", float("nan")), 1),
-        cached=int(first.get("cached_programs", -1)),
-      )
-      rows.append(row)
-      last_workdir = workdir
-      print(
-        f"{row['case']:<34} {row['command_s']:>9.1f} {row['first_step_s']:>12.1f} "
-        f"{row['compiled']:>8d} {row['cached']:>6d}",
-        flush=True,
-      )
-      append_json(
-        args.json,
-        dict(row, config=name, platform=device.platform, device=device.device_kind,
-             jax=jax.__version__, batch_size=batch, temperature=temperature),
-      )  # fmt: skip
-    if args.no_animate:
-      continue
-    source, driving = _images(base, config.image_size)
-    animate_cache = os.path.join(base, "cache", f"{name}_animate")
-    shutil.rmtree(animate_cache, ignore_errors=True)
-    for temperature in ("cold", "warm"):
-      output = os.path.join(base, "runs", f"{name}_animated_{temperature}.png")
-      command = [
-        sys.executable,
-        "-m",
-        "mmfa_jax.animate",
-        "--checkpoint",
-        last_workdir,
-        "--source",
-        source,
-        "--driving",
-        driving,
-        "--output",
-        output,
-        "--batch-size",
-        "1",
-      ]
-      seconds = _run(command, animate_cache, args.timeout, f"{output}.log")
-      row = dict(case=f"animate {name} first frame {temperature}", command_s=round(seconds, 1))
-      rows.append(row)
-      print(f"{row['case']:<34} {row['command_s']:>9.1f}", flush=True)
-      append_json(
-        args.json,
-        dict(row, config=name, platform=device.platform, device=device.device_kind,
-             jax=jax.__version__, temperature=temperature),
-      )  # fmt: skip
+    config = load_config(name)
+    if args.no_train:
+      checkpoint = _untrained_model(config, os.path.join(base, "untrained", name))
+    else:
+      checkpoint = _train_cases(args, name, config, base, facts, rows)
+    if not args.no_animate:
+      _animate_cases(args, name, config.image_size, base, checkpoint, facts, rows)
   print(json.dumps(rows))
+
+
+def _train_cases(args, name: str, config, base: str, facts: dict, rows: list) -> str:
+  """The cold and warm training cases of one config; returns the last run's workdir."""
+  from mmfa_jax.metric_logs import read_metrics
+
+  batch = args.batch_size or (config.data.batch_size if name == "synthetic" else None)
+  batch = batch or (16 if facts["platform"] != "cpu" else 1)
+  frozen = _frozen_directories(config, os.path.join(base, "frozen", name))
+  cache = os.path.join(base, "cache", name)
+  shutil.rmtree(cache, ignore_errors=True)
+  overrides = [
+    "--config.train.num_steps=1",
+    f"--config.data.batch_size={batch}",
+    "--config.data.source=synthetic",
+    "--config.data.worker_count=0",
+    "--config.train.progress_bar=False",
+    *[f"--config.pretrained.{kind}={path}" for kind, path in frozen.items()],
+  ]
+  workdir = ""
+  for temperature in ("cold", "warm"):
+    workdir = os.path.join(base, "runs", f"{name}_{temperature}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    command = [
+      sys.executable,
+      "-m",
+      "mmfa_jax.main",
+      "--config=configs/{}.py{}{}".format(*name.partition(":")),  # module.py[:argument]
+      f"--workdir={workdir}",
+      *overrides,
+    ]
+    seconds = _run(command, cache, args.timeout, f"{workdir}.log")
+    first = read_metrics(workdir)[0]
+    row = dict(
+      case=f"train {name} b{batch} {temperature}",
+      command_s=round(seconds, 1),
+      first_step_s=round(first.get("startup_seconds", float("nan")), 1),
+      compiled=int(first.get("compiled_programs", -1)),
+      compile_s=round(first.get("compile_seconds", float("nan")), 1),
+      cached=int(first.get("cached_programs", -1)),
+    )
+    rows.append(row)
+    print(
+      f"{row['case']:<34} {row['command_s']:>9.1f} {row['first_step_s']:>12.1f} "
+      f"{row['compiled']:>8d} {row['cached']:>6d}",
+      flush=True,
+    )
+    append_json(
+      args.json,
+      dict(row, config=name, batch_size=batch, temperature=temperature, **facts),
+    )  # fmt: skip
+  return workdir
+
+
+def _animate_cases(
+  args, name: str, size: int, base: str, checkpoint: str, facts: dict, rows: list
+) -> None:
+  """The cold and warm first-animated-frame cases of ``checkpoint`` (its own cache)."""
+  source, driving = _images(base, size)
+  animate_cache = os.path.join(base, "cache", f"{name}_animate")
+  shutil.rmtree(animate_cache, ignore_errors=True)
+  for temperature in ("cold", "warm"):
+    output = os.path.join(base, "runs", f"{name}_animated_{temperature}.png")
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    command = [
+      sys.executable,
+      "-m",
+      "mmfa_jax.animate",
+      "--checkpoint",
+      checkpoint,
+      "--source",
+      source,
+      "--driving",
+      driving,
+      "--output",
+      output,
+      "--batch-size",
+      "1",
+    ]
+    seconds = _run(command, animate_cache, args.timeout, f"{output}.log")
+    row = dict(case=f"animate {name} first frame {temperature}", command_s=round(seconds, 1))
+    rows.append(row)
+    print(f"{row['case']:<34} {row['command_s']:>9.1f}", flush=True)
+    append_json(args.json, dict(row, config=name, temperature=temperature, **facts))
 
 
 if __name__ == "__main__":

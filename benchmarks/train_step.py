@@ -13,7 +13,6 @@ hide the next; on CPU the peak is the process's resident set instead.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -21,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from _measure import append_json, peak_memory_gib
+from _measure import append_json, load_config, peak_memory_gib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,9 +56,7 @@ def build_step(config_name: str, batch_size: int, dtype: str) -> dict:
   from mmfa_jax.sharding import make_mesh, replicated
   from mmfa_jax.train import Trainer
 
-  module, _, argument = config_name.partition(":")  # e.g. synthetic:tiny:face_vid2vid
-  get_config = importlib.import_module(f"configs.{module}").get_config
-  config = get_config(argument) if argument else get_config()
+  config = load_config(config_name)
   config.data.batch_size = batch_size
   config.train.dtype = dtype
   mesh = make_mesh(0)

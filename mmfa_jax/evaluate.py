@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -307,16 +308,22 @@ def _jitted_network(kind: str, directory: str) -> tuple[Any, str]:
   import jax
 
   from mmfa_jax.checkpoints import file_sha256, load_converted
+  from mmfa_jax.inference import on_device
 
   variables, metadata = load_converted(directory, kind)
   sha = metadata.get("source_sha256") or file_sha256(os.path.join(directory, "metadata.json"))
+  # The weights are an argument on the device (not closed-over constants compiled into the
+  # program and copied from the host per call).
+  variables = on_device(variables)
   if kind == "lpips":
     from mmfa_jax.models.lpips import LPIPS
 
-    return jax.jit(lambda x, y: LPIPS().apply(variables, x, y)), sha
+    lpips = jax.jit(LPIPS().apply)
+    return functools.partial(lpips, variables), sha
   from mmfa_jax.models.inception import FIDInception
 
-  return jax.jit(lambda x: FIDInception().apply(variables, x)), sha
+  inception = jax.jit(FIDInception().apply)
+  return functools.partial(inception, variables), sha
 
 
 def chosen_metrics(args: argparse.Namespace, has_targets: bool) -> list[str]:

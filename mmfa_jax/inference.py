@@ -108,6 +108,13 @@ jax.tree_util.register_dataclass(
 # Compiled model functions (pure: variables in, arrays out)
 
 
+def on_device(tree: Any) -> Any:
+  """``tree`` with its host (numpy) leaves copied to the default device once; ``jax.Array`` leaves
+  stay where they are. Variables given as numpy arrays would otherwise be copied to the device on
+  every compiled call (661 MiB for vox_face_vid2vid: about 70 ms per call on an H200)."""
+  return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), tree)
+
+
 def _float32(tree: Any) -> Any:
   """Floating leaves as float32 (motion and keypoint maths stay float32 whatever the compute)."""
   return jax.tree.map(
@@ -252,7 +259,7 @@ class Animator(editing.Editing):
     if dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     self.variant: Variant = variant_from_config(model_config)
-    self.frozen = dict(frozen or {})
+    self.frozen = on_device(dict(frozen or {}))
     if self.variant.frozen_pose and "hopenet" not in self.frozen:
       raise ValueError("this MMFA model reads the frozen Hopenet: pass frozen={'hopenet': ...}")
     self.dtype = dtype
@@ -263,11 +270,11 @@ class Animator(editing.Editing):
     self._deformation, self._animate_batch = compiled.deformation, compiled.animate_batch
     self.image_size = int(image_size)
     self.batch_size = int(batch_size)
-    self.variables = {
+    self.variables = on_device({
       "params": variables["params"],
       "batch_stats": variables.get("batch_stats", {}),
-    }
-    self.vae = vae
+    })  # fmt: skip
+    self.vae = None if vae is None else (vae[0], on_device(vae[1]))
     self.checkpoint: str | None = None  # the directory, when loaded by ``from_checkpoint``
 
   @classmethod
@@ -409,8 +416,9 @@ class Animator(editing.Editing):
     source_motion = self.source_motion(state)
     overrides = dict(zip(ANGLES, (yaw, pitch, roll)))
     given_names = tuple(k for k in ANGLES if overrides[k] is not None)
-    given_values = jnp.asarray([overrides[k] for k in given_names], jnp.float32)
-    initial, use_first, movement = source_motion, True, jnp.ones((1,), jnp.float32)
+    # Host values reach the device by explicit copies only (no implicit transfer per call).
+    given_values = jax.device_put(np.asarray([overrides[k] for k in given_names], np.float32))
+    initial, use_first, movement = source_motion, True, jax.device_put(np.ones(1, np.float32))
     for chunk in _chunks(driving, self.batch_size):
       frames = np.stack([as_image(f, self.image_size, "driving frame") for f in chunk])
       count = frames.shape[0]
@@ -419,14 +427,14 @@ class Animator(editing.Editing):
       if use_first and self.variant.convex_hull_scale(mode, adapt_scale):
         # The reference's convex-hull scale is computed on the host, from the first frame.
         initial = self.motion(frames[:1], state)
-        movement = jnp.asarray(adapt_movement_scale(source_motion.kp, initial.kp))
+        movement = jax.device_put(adapt_movement_scale(source_motion.kp, initial.kp))
         use_first = False
       rendered, initial = self._animate_batch(
         self.variables,
         state,
-        frames,
+        jax.device_put(frames),
         initial,
-        jnp.asarray(use_first),
+        jax.device_put(np.asarray(use_first)),
         movement,
         given_values,
         self.frozen,

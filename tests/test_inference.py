@@ -490,3 +490,16 @@ def test_bfloat16_animation_is_close_to_float32(mmfa):
   assert difference.max() < 0.05 and difference.mean() < 0.01, (difference.max(), difference.mean())
   with pytest.raises(ValueError, match="dtype"):
     Animator(config.model, mmfa.variables, image_size=SIZE, dtype="float16")
+
+
+def test_animation_copies_no_weights_to_the_device_per_call(mmfa):
+  """The Animator holds its variables on the device (they were given as numpy arrays): a driving
+  batch's call transfers its frames explicitly and nothing else from the host."""
+  leaves = jax.tree.leaves((mmfa.variables, mmfa.frozen, mmfa.vae[1]))
+  assert all(isinstance(x, jax.Array) for x in leaves)
+  state = mmfa.encode_source(_images(6, 1)[0])
+  driving = _images(7, FRAMES)
+  want = np.stack(list(mmfa.iter_animate_encoded(state, driving)))
+  with jax.transfer_guard_host_to_device("disallow"):
+    got = np.stack(list(mmfa.iter_animate_encoded(state, driving)))
+  np.testing.assert_array_equal(got, want)

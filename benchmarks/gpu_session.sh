@@ -21,7 +21,10 @@
 #              (bfloat16);
 #   startup  - benchmarks/startup.py (main's first step and the first animated frame, cold and
 #              warm cache) for the first config, when time is left;
-#   animstart - benchmarks/startup.py --no-train: the first animated frame only (cold, warm).
+#   animstart - benchmarks/startup.py --no-train: the first animated frame only (cold, warm);
+#   warp     - benchmarks/grid_sample.py (the dense 3D warp, forward and backward) with and
+#              without the float32 scatter-add workaround flag, PyTorch beside it.
+# Everything lands in $OUT/results.tgz and $OUT/results is removed.
 # A part starts only when GPU_SESSION_BUDGET seconds are not yet spent. Parts where PyTorch and
 # JAX share the GPU turn JAX's preallocation off; the others keep it (with it off, the process
 # that autotuned could not find one 45 GiB block for the step's temporaries: measured
@@ -36,7 +39,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:?set OUT to a folder for the results}"
-mkdir -p "$OUT"
+# The device tool brings back at most 8 files: results gather in $RES and leave as one archive
+# (also when the script is stopped early).
+RES="$OUT/results"
+mkdir -p "$RES"
+pack() { tar czf "$OUT/results.tgz" -C "$RES" . && rm -rf "$RES"; }
+trap pack EXIT
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -47,7 +55,7 @@ fi
 export PYTHONUNBUFFERED=1
 configs="${GPU_SESSION_CONFIGS:-vox_face_vid2vid}"
 first=${configs%% *}
-parts="${GPU_SESSION_PARTS:-compile warm train profile animate startup}"
+parts="${GPU_SESSION_PARTS:-animate level0 train0 profiles warp animstart}"
 torch_config="${GPU_SESSION_TORCH_CONFIG:-vox_face_vid2vid}"  # a face_vid2vid config
 batch="${GPU_SESSION_BATCH:-16}"
 budget="${GPU_SESSION_BUDGET:-500}"
@@ -56,11 +64,11 @@ work=/tmp/mmfa_gpu_session
 rm -rf "$work" && mkdir -p "$work"
 cache="$work/cache"  # the cache of the compile, warm and train parts
 
-python3 tools/env_info.py >"$OUT/env.txt" 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/env.txt" 2>&1
+python3 tools/env_info.py >"$RES/env.txt" 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$RES/env.txt" 2>&1
 
 left() { echo $((budget - (SECONDS - start))); }
-mark() { echo "$1 at $((SECONDS - start)) s" >>"$OUT/env.txt"; }
+mark() { echo "$1 at $((SECONDS - start)) s" >>"$RES/env.txt"; }
 
 # One training step measurement in this shell's process tree: train_step.py's child mode, its
 # RESULT line appended to $OUT/$2.jsonl, its log (per-function compile times) to $OUT/$2_*.log.
@@ -68,8 +76,8 @@ step() {  # step NAME DTYPE STEPS [env assignments...]
   local name=$1 dtype=$2 steps=$3
   shift 3
   env "$@" JAX_LOG_COMPILES=1 timeout "$(left)" python3 benchmarks/train_step.py \
-    --config "$first" --steps "$steps" --one "$dtype" "$batch" >"$OUT/${name}.log" 2>&1
-  grep -h "^RESULT " "$OUT/${name}.log" | sed 's/^RESULT //' >>"$OUT/train_step.jsonl"
+    --config "$first" --steps "$steps" --one "$dtype" "$batch" >"$RES/${name}.log" 2>&1
+  grep -h "^RESULT " "$RES/${name}.log" | sed 's/^RESULT //' >>"$RES/train_step.jsonl"
 }
 
 animate_part() {
@@ -77,7 +85,7 @@ animate_part() {
   XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(left)" python3 benchmarks/against_torch.py \
     --config "$torch_config" --no-train \
     --batch-sizes "$batch" --dtypes float32 bfloat16 --frames 8 \
-    --json "$OUT/against_torch.jsonl" >"$OUT/animate.log" 2>&1
+    --json "$RES/against_torch.jsonl" >"$RES/animate.log" 2>&1
 }
 
 compile_part() {
@@ -110,14 +118,14 @@ train_part() {
   XLA_FLAGS="${GPU_SESSION_TRAIN_XLA_FLAGS:-}" MMFA_JAX_CACHE_DIR="$cache" \
     XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(left)" python3 benchmarks/against_torch.py \
     --config "$torch_config" --no-animate --train-batch "$batch" --dtypes ${GPU_SESSION_TRAIN_DTYPES:-float32 bfloat16} \
-    --json "$OUT/against_torch.jsonl" >"$OUT/train.log" 2>&1
+    --json "$RES/against_torch.jsonl" >"$RES/train.log" 2>&1
 }
 
 profile_part() {
   [ "$(left)" -gt 90 ] || return
   MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/op_profile.py --path animate \
-    --config "$torch_config" --batch-size 1 --top 30 --json "$OUT/profile.jsonl" \
-    >"$OUT/profile.log" 2>&1
+    --config "$torch_config" --batch-size 1 --top 30 --json "$RES/profile.jsonl" \
+    >"$RES/profile.log" 2>&1
 }
 
 level0_part() {
@@ -132,25 +140,35 @@ train0_part() {
 profiles_part() {
   [ "$(left)" -gt 60 ] || return
   MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/op_profile.py --path animate \
-    --config "$torch_config" --batch-size 1 --top 30 --json "$OUT/profile.jsonl" \
-    >"$OUT/profile_b1.log" 2>&1
+    --config "$torch_config" --batch-size 1 --top 30 --json "$RES/profile.jsonl" \
+    >"$RES/profile_b1.log" 2>&1
   [ "$(left)" -gt 45 ] || return
   MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/op_profile.py --path animate \
     --config "$torch_config" --batch-size "$batch" --dtype bfloat16 --top 30 \
-    --json "$OUT/profile.jsonl" >"$OUT/profile_b${batch}_bf16.log" 2>&1
+    --json "$RES/profile.jsonl" >"$RES/profile_b${batch}_bf16.log" 2>&1
+}
+
+# The dense warp's gradient is a float32 scatter-add: default flags against the workaround of jax
+# issue 38806 (-nvptx-allow-ftz-atomics), and PyTorch's grid_sample, on the real volume sizes.
+warp_part() {
+  [ "$(left)" -gt 40 ] || return
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(left)" python3 benchmarks/grid_sample.py \
+    --torch-device cuda >"$RES/warp.log" 2>&1
+  XLA_FLAGS=--xla_backend_extra_options=-nvptx-allow-ftz-atomics timeout "$(left)" \
+    python3 benchmarks/grid_sample.py --skip-torch >>"$RES/warp.log" 2>&1
 }
 
 animstart_part() {
   [ "$(left)" -gt 40 ] || return
   XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(left)" python3 benchmarks/startup.py \
     --configs "$torch_config" --no-train --workdir "$work/animstart" \
-    --json "$OUT/startup.jsonl" >"$OUT/animstart.log" 2>&1
+    --json "$RES/startup.jsonl" >"$RES/animstart.log" 2>&1
 }
 
 startup_part() {
   [ "$(left)" -gt 150 ] || return
   timeout "$(left)" python3 benchmarks/startup.py --configs "$first" --batch-size "$batch" \
-    --workdir "$work/startup" --json "$OUT/startup.jsonl" >"$OUT/startup.log" 2>&1
+    --workdir "$work/startup" --json "$RES/startup.jsonl" >"$RES/startup.log" 2>&1
 }
 
 for part in $parts; do

@@ -352,3 +352,31 @@ def test_batched_calls_leave_the_running_statistics_of_calls_in_order():
   np.testing.assert_array_equal(untouched["mean"], start["mean"])
   with pytest.raises(ValueError, match="moving averages"):
     sequential_running_statistics({"u": start["mean"]}, {"u": per_call["mean"]})
+
+
+def test_existing_parameters_are_shape_checked_without_tracing_their_initialisers(monkeypatch):
+  """Applying a model does not evaluate each parameter's initialiser abstractly (flax's check,
+  about 4 ms per parameter per trace); a parameter of the wrong shape is still refused, by name."""
+  import flax
+
+  from mmfa_jax.ops.layers import BatchNorm, Conv, Dense
+
+  class Net(flax.linen.Module):
+    @flax.linen.compact
+    def __call__(self, x):
+      x = Conv(4, 3, padding=1, name="conv")(x)
+      x = BatchNorm(use_running_average=True, name="norm")(x)
+      return Dense(2, name="head")(x.mean(axis=(1, 2)))
+
+  x = np.ones((1, 8, 8, 3), np.float32)
+  variables = Net().init(jax.random.key(0), x)
+  evaluated = []
+  original = jax.eval_shape
+  monkeypatch.setattr(jax, "eval_shape", lambda *a, **k: evaluated.append(a) or original(*a, **k))
+  out = jax.jit(Net().apply)(variables, x)
+  assert out.shape == (1, 2) and evaluated == []
+
+  wrong = jax.tree_util.tree_map(lambda v: v, flax.core.unfreeze(variables))
+  wrong["params"]["conv"]["kernel"] = np.zeros((3, 3, 3, 5), np.float32)
+  with pytest.raises(flax.errors.ScopeParamShapeError, match=r"kernel.*/conv.*\(3, 3, 3, 5\)"):
+    Net().apply(wrong, x)

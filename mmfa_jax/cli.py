@@ -221,6 +221,13 @@ def load_source(path: str, size: int, face: bool, margin: float) -> Source:
 def output_kind(path: str, frames: int) -> str:
   """``'image'`` or ``'video'`` (files and folders) for an output path, checked before any work."""
   suffix = os.path.splitext(path)[1].lower()
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):  # missing folders are made; a file on the way cannot be
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise CommandError(f"{path}: {parent} is a file, so no folder can be made there")
+  if suffix and os.path.isdir(path):
+    raise CommandError(f"{path}: a folder is there; a {suffix} file cannot replace it")
   if suffix in IMAGE_SUFFIXES:
     if frames != 1:
       raise CommandError(
@@ -235,6 +242,13 @@ def output_kind(path: str, frames: int) -> str:
     )
   if os.path.isfile(path) and not suffix:
     raise CommandError(f"{path}: a file is there; a frame folder cannot replace it")
+  if os.path.isdir(path):
+    others = [name for name in os.listdir(path) if not name.lower().endswith(IMAGE_SUFFIXES)]
+    if others:  # an earlier frame folder is replaced whole: never a folder of other things
+      raise CommandError(
+        f"{path}: a folder holding more than frames ({others[0]!r}...) is there; name a new "
+        "or empty folder, or an earlier output"
+      )
   return "video"
 
 

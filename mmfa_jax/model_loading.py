@@ -67,6 +67,11 @@ def load_model(
       or a missing Hopenet; the message names the directory.
   """
   directory = os.fspath(directory)
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise CheckpointKindError(
+      f"{directory}: a file, not a checkpoint directory (a training run's workdir or a "
+      "converted model's folder)"
+    )
   if not os.path.isdir(directory):
     raise CheckpointKindError(f"{directory}: no such checkpoint directory")
   if os.path.isfile(os.path.join(directory, "metadata.json")):

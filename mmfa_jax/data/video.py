@@ -147,6 +147,15 @@ def frame_files(folder: str) -> list[str]:
   )
 
 
+def upright(frame: Any) -> np.ndarray:
+  """A decoded ``av.VideoFrame`` as float RGB, turned as the file's display matrix says: phones
+  store portrait video sideways with a rotation to apply (``frame.rotation``, degrees
+  counterclockwise, as FFmpeg reports it; -90 is a quarter turn clockwise)."""
+  pixels = frame.to_ndarray(format="rgb24")
+  turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+  return to_rgb_float(np.rot90(pixels, turns) if turns else pixels)
+
+
 def _decode_video(path: str, wanted: set[int] | None) -> dict[int, np.ndarray]:
   import av
 
@@ -156,7 +165,7 @@ def _decode_video(path: str, wanted: set[int] | None) -> dict[int, np.ndarray]:
     with av.open(path) as container:
       for index, frame in enumerate(container.decode(video=0)):
         if wanted is None or index in wanted:
-          frames[index] = to_rgb_float(frame.to_ndarray(format="rgb24"))
+          frames[index] = upright(frame)
         if last is not None and index >= last:
           break
   except (av.error.FFmpegError, OSError, ValueError) as error:
@@ -251,6 +260,9 @@ def probe(path: str | os.PathLike) -> MediaInfo:
       fps = stream.average_rate or stream.guessed_rate
       has_audio = bool(container.streams.audio)
       width, height = stream.codec_context.width, stream.codec_context.height
+      first = next(container.decode(video=0), None)
+      if first is not None and round((getattr(first, "rotation", 0) or 0) / 90) % 2:
+        width, height = height, width  # shown a quarter turn round (see ``upright``)
   except FrameReadError:
     raise
   except (av.error.FFmpegError, OSError, ValueError) as error:
@@ -277,7 +289,7 @@ def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
     try:
       with av.open(path) as container:
         for frame in container.decode(video=0):
-          yield to_rgb_float(frame.to_ndarray(format="rgb24"))
+          yield upright(frame)
     except (av.error.FFmpegError, OSError, ValueError) as error:
       raise FrameReadError(f"{path}: not a readable video ({error})") from error
 

@@ -39,18 +39,38 @@ class MetricWriter:
   ``tensorboardX`` (or torch with ``tensorboard``) is installed, TensorBoard event files in
   ``WORKDIR/tensorboard``. Only process 0 writes (the others' writers are no-ops)."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resumed_step: int | None = None):
+    """``resumed_step``: the step a run goes on from (0 for a new run). Records of later steps
+    are removed (a run stopped after logging a step but before checkpointing it logs that step
+    again), and so is a line cut short by a kill; TensorBoard purges those steps too."""
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tensorboard = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    if resumed_step is not None and os.path.exists(self.path):
+      self._drop_records_after(resumed_step)
     SummaryWriter = _summary_writer_class()
     if SummaryWriter is None:
       logging.info("TensorBoard writer not installed (pip install tensorboardX); JSONL only")
     else:
-      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      purge = {} if resumed_step is None else {"purge_step": resumed_step + 1}
+      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), **purge)
+
+  def _drop_records_after(self, step: int) -> None:
+    """Rewrites ``metrics.jsonl`` (atomically) without the records after ``step``."""
+    with open(self.path) as handle:
+      lines = [line for line in handle if line.strip()]
+    kept = [line for line in lines if (_parse(line) or {}).get("step", step + 1) <= step]
+    if len(kept) == len(lines):
+      return
+    staging = f"{self.path}.partial-{os.getpid()}"
+    with open(staging, "w") as handle:
+      handle.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
+    os.replace(staging, self.path)
+    logging.info("%s: removed %d records after step %d (resumed there)", self.path,
+                 len(lines) - len(kept), step)  # fmt: skip
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -71,10 +91,25 @@ class MetricWriter:
       self._tensorboard.close()
 
 
+def _parse(line: str) -> dict | None:
+  """One record, or None for a line cut short (a process killed while writing it)."""
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError:
+    return None
+
+
 def read_metrics(workdir: str) -> list[dict[str, float]]:
-  """The records of ``WORKDIR/metrics.jsonl``, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as handle:
-    return [json.loads(line) for line in handle if line.strip()]
+  """The records of ``WORKDIR/metrics.jsonl``, in order (a last line cut short by a kill is
+  left out; a damaged line elsewhere is an error naming the file and line)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as handle:
+    lines = [line for line in handle if line.strip()]
+  records = [_parse(line) for line in lines]
+  for number, record in enumerate(records[:-1], 1):
+    if record is None:
+      raise ValueError(f"{path}: line {number} is not a JSON record")
+  return [r for r in records if r is not None]
 
 
 class MetricWindow:

@@ -444,7 +444,7 @@ def train_and_evaluate(
   end = train.num_steps
   if train.get("stop_after_steps"):
     end = min(end, step + train.stop_after_steps)
-  writer = MetricWriter(workdir, enabled=is_main)
+  writer = MetricWriter(workdir, enabled=is_main, resumed_step=step)
   progress = _progress_bar(step, end) if is_main and train.progress_bar and step < end else None
   window, startup = MetricWindow(), None  # start-up facts: logged with the first record
   try:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from mmfa_jax.checkpoints import TrainingCheckpoints
 from mmfa_jax.train_state import TrainState
@@ -70,3 +71,20 @@ def test_one_state_restores_without_a_target(tmp_path):
   assert gen is None
   np.testing.assert_array_equal(disc.params["dense"]["kernel"], np.full((3, 2), -5.0))
   checkpoints.close()
+
+
+def test_resumed_runs_log_each_step_once(tmp_path):
+  """A run killed after logging step 4 but before checkpointing it goes on from step 2: the
+  records after step 2 (and a line the kill cut short) are dropped, so step 4 is logged once."""
+  from mmfa_jax.metric_logs import MetricWriter, read_metrics
+
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.5}\n{"step": 6, "lo')
+  assert [r["step"] for r in read_metrics(str(tmp_path))] == [2, 4]  # the cut line left out
+  writer = MetricWriter(str(tmp_path), resumed_step=2)
+  writer.write(4, {"loss": 0.25})
+  writer.close()
+  assert read_metrics(str(tmp_path)) == [{"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.25}]
+  path.write_text('{"step": 2}\nnot json\n{"step": 4}\n')
+  with pytest.raises(ValueError, match=r"metrics\.jsonl: line 2 is not a JSON record"):
+    read_metrics(str(tmp_path))

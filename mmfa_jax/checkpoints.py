@@ -205,6 +205,20 @@ def load_pretrained(
   return {kind: load_converted(pretrained.get(kind), kind)[0] for kind in kinds}
 
 
+def innermost_message(error: BaseException) -> str:
+  """The first line of the innermost cause of ``error`` (orbax and tensorstore wrap the error
+  that names the file and the problem in several layers)."""
+  root = error
+  while root.__cause__ or root.__context__:
+    root = root.__cause__ or root.__context__
+  return (str(root).strip() or type(root).__name__).splitlines()[0]
+
+
+class CheckpointWriteError(RuntimeError):
+  """A training checkpoint could not be written (a full disk, a lost mount...). The checkpoints
+  written before it are complete and untouched; the message names the directory and the last one."""
+
+
 class TrainingCheckpoints:
   """Orbax checkpoints of a training run: both train states, the data iterator and the step.
 
@@ -248,7 +262,20 @@ class TrainingCheckpoints:
     if step in self.manager.all_steps():
       return False
     args = self._args(True, generator, discriminator, data_iterator)
-    return self.manager.save(step, args=args, force=True)
+    return self._writing(lambda: self.manager.save(step, args=args, force=True))
+
+  def _writing(self, action: Any) -> Any:
+    """``action()``, a failed write (this save's, or an earlier asynchronous one's that this
+    call waited for) reported as ``CheckpointWriteError``."""
+    try:
+      return action()
+    except Exception as error:
+      complete = self.manager.all_steps(read=True)
+      last = f"step {max(complete)}" if complete else "none yet"
+      raise CheckpointWriteError(
+        f"{self.directory}: writing a checkpoint failed ({innermost_message(error)}); the last "
+        f"complete checkpoint ({last}) is intact and a resumed run starts from it"
+      ) from error
 
   def restore(
     self, step: int, generator: Any, discriminator: Any, data_iterator: Any = None
@@ -273,11 +300,13 @@ class TrainingCheckpoints:
     return checkpointer.restore(path, target)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    self._writing(self.manager.wait_until_finished)
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self._writing(self.manager.wait_until_finished)
+    finally:
+      self.manager.close()
 
 
 def _tuples(value: Any) -> Any:
@@ -330,10 +359,7 @@ def load_training_run(
     try:
       arrays = checkpoints.restore_arrays(step, "generator")
     except Exception as error:  # orbax / tensorstore raise several types for damaged files
-      root = error
-      while root.__cause__ or root.__context__:  # the innermost error says which file and why
-        root = root.__cause__ or root.__context__
-      detail = (str(root).strip() or type(root).__name__).splitlines()[0]
+      detail = innermost_message(error)
       raise ConvertedWeightsError(
         f"{os.path.join(directory, str(step))}: cannot be restored ({detail}); an earlier step "
         f"may load with --step (steps: {sorted(steps)})"

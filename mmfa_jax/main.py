@@ -86,7 +86,13 @@ def main(argv: list[str]) -> None:
     logging.error("%s", error)
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  train_and_evaluate(config, _WORKDIR.value, trainer=trainer)
+  from mmfa_jax.checkpoints import CheckpointWriteError
+
+  try:
+    train_and_evaluate(config, _WORKDIR.value, trainer=trainer)
+  except CheckpointWriteError as error:  # e.g. the disk is full: what was saved before stays
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

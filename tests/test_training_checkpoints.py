@@ -88,3 +88,55 @@ def test_resumed_runs_log_each_step_once(tmp_path):
   path.write_text('{"step": 2}\nnot json\n{"step": 4}\n')
   with pytest.raises(ValueError, match=r"metrics\.jsonl: line 2 is not a JSON record"):
     read_metrics(str(tmp_path))
+
+
+_DISK_FULL = """
+import resource, signal, sys
+import jax.numpy as jnp, numpy as np, optax
+from mmfa_jax.checkpoints import CheckpointWriteError, TrainingCheckpoints
+from mmfa_jax.train_state import TrainState
+
+def state(seed):  # 1 MiB of random floats (incompressible)
+  kernel = np.random.default_rng(seed).normal(size=(512, 512)).astype(np.float32)
+  return TrainState.create({"dense": {"kernel": jnp.asarray(kernel)}}, {}, optax.adam(1e-3))
+
+checkpoints = TrainingCheckpoints(sys.argv[1], keep=3, async_save=sys.argv[2] == "async")
+checkpoints.save(2, state(2), state(3))
+checkpoints.wait()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))  # no room for another step
+try:
+  checkpoints.save(4, state(4), state(5))
+  checkpoints.close()
+except CheckpointWriteError as error:
+  print(error)
+  sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(tmp_path, mode):
+  import subprocess
+  import sys
+
+  from tool_runner import ROOT
+
+  directory = tmp_path / "ckpt"
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  run = subprocess.run([sys.executable, "-c", _DISK_FULL, str(directory), mode],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)  # fmt: skip
+  assert run.returncode == 3, run.stderr[-2000:]
+  assert f"{directory}: writing a checkpoint failed (" in run.stdout
+  assert "File too large" in run.stdout and "(step 2) is intact" in run.stdout
+  reopened = TrainingCheckpoints(directory, keep=3, async_save=False)
+  try:
+    assert reopened.latest_step() == 2
+    target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+      TrainState.create({"dense": {"kernel": jnp.zeros((512, 512))}}, {}, optax.adam(1e-3)),
+    )
+    generator, _ = reopened.restore(2, target, target)
+  finally:
+    reopened.close()
+  want = np.random.default_rng(2).normal(size=(512, 512)).astype(np.float32)
+  np.testing.assert_array_equal(generator.params["dense"]["kernel"], want)

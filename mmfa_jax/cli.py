@@ -218,14 +218,23 @@ def load_source(path: str, size: int, face: bool, margin: float) -> Source:
 # Outputs
 
 
+def output_folder_problem(path: str) -> str | None:
+  """Why ``path``'s folder cannot be made (a file where a folder of it should be), or None:
+  missing folders are made when the output is written."""
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  return (
+    None if os.path.isdir(parent) else f"{path}: {parent} is a file, so no folder can be made there"
+  )
+
+
 def output_kind(path: str, frames: int) -> str:
   """``'image'`` or ``'video'`` (files and folders) for an output path, checked before any work."""
   suffix = os.path.splitext(path)[1].lower()
-  parent = os.path.dirname(os.path.abspath(path))
-  while not os.path.exists(parent):  # missing folders are made; a file on the way cannot be
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise CommandError(f"{path}: {parent} is a file, so no folder can be made there")
+  problem = output_folder_problem(path)
+  if problem:
+    raise CommandError(problem)
   if suffix and os.path.isdir(path):
     raise CommandError(f"{path}: a folder is there; a {suffix} file cannot replace it")
   if suffix in IMAGE_SUFFIXES:

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import ml_collections
 
 # Config counts that must be at least 1 (sample_every 0: no sample grids; num_steps 0: nothing).
@@ -38,3 +41,32 @@ def flag_error_message(argv: list[str], error: Exception) -> str:
   if isinstance(error, OSError) and len(lines) > 1:  # ml_collections: the config file's problem
     return f"--config: {lines[-1]}"
   return lines[0]
+
+
+def config_flags_parser(config_flag: Any) -> Callable[[list[str]], list[str]]:
+  """An ``absl.app.run`` ``flags_parser`` for a command with a ``config_flags`` config file:
+  problems (unknown config fields, wrong types, a missing or broken config file, a missing flag)
+  end the command with one ``error:`` line and exit status 2 instead of a traceback."""
+  import sys
+
+  from absl import flags
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      parsed = flags.FLAGS(argv)
+      if config_flag.value is not None:
+        config_flag.value.keys()  # a config file that failed to load raises only when first used
+      return parsed
+    except (
+      flags.Error,
+      AttributeError,
+      KeyError,
+      TypeError,
+      ValueError,
+      OSError,
+      SyntaxError,
+    ) as error:
+      print(f"error: {flag_error_message(argv, error)}", file=sys.stderr)
+      sys.exit(2)
+
+  return parse

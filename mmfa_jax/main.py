@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmfa_jax.compilation_cache import enable_compilation_cache
+from mmfa_jax.config_checks import config_flags_parser
 from mmfa_jax.console import configure_console
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -95,27 +96,8 @@ def main(argv: list[str]) -> None:
     sys.exit(2)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with problems (unknown config fields, wrong types, a missing config file
-  or flag) reported as one ``error:`` line and exit status 2 instead of a traceback."""
-  from mmfa_jax.config_checks import flag_error_message
-
-  try:
-    parsed = flags.FLAGS(argv)
-    if _CONFIG.value is not None:
-      _CONFIG.value.keys()  # a config file that failed to load raises only when first used
-    return parsed
-  except (
-    flags.Error,
-    AttributeError,
-    KeyError,
-    TypeError,
-    ValueError,
-    OSError,
-    SyntaxError,
-  ) as error:
-    print(f"error: {flag_error_message(argv, error)}", file=sys.stderr)
-    sys.exit(2)
+# absl's flag parsing, a config problem reported as one ``error:`` line and exit status 2.
+parse_flags = config_flags_parser(_CONFIG)
 
 
 if __name__ == "__main__":

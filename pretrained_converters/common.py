@@ -41,6 +41,8 @@ def read_weights_file(path: str | os.PathLike) -> Mapping[str, Any]:
       the safe loader because it needs code execution, not a mapping).
   """
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise CheckpointError(f"{path}: a folder, not a weights file")
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no such file")
   try:

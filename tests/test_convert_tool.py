@@ -162,6 +162,10 @@ def test_bad_inputs_are_refused_with_exit_2(tmp_path):
   corrupt.write_bytes(os.urandom(4096))
   truncated = tmp_path / "truncated.pth"
   truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+  empty = tmp_path / "empty.pth"
+  empty.write_bytes(b"")
+  folder = tmp_path / "folder.pth"
+  folder.mkdir()
   evil = tmp_path / "needs_code.pth"
   torch.save({"weight": torch.nn.ReLU()}, evil)  # unpickling it would construct a module
   cases = [
@@ -171,11 +175,15 @@ def test_bad_inputs_are_refused_with_exit_2(tmp_path):
     (("vgg19", good), "missing keys"),  # a Hopenet file given as VGG19
     (("hopenet", good), "shape mismatches"),  # a smaller network than Hopenet
     (("hopenet", tmp_path / "absent.pth"), "no such file"),
+    (("hopenet", empty), "cannot be read"),
+    (("hopenet", folder), "a folder, not a weights file"),
   ]
   for (kind, path), message in cases:
     result = run_tool(kind, "--input", path, "--output", tmp_path / "out")
     assert result.returncode == 2, (kind, path, result.stderr)
-    assert message in result.stderr and str(path.name) in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr
+    assert str(path.name) in lines[-1] and sum(x.startswith("error:") for x in lines) == 1
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
   (tmp_path / "taken").mkdir()
@@ -183,6 +191,10 @@ def test_bad_inputs_are_refused_with_exit_2(tmp_path):
   assert result.returncode == 2 and "already exists" in result.stderr
   result = run_tool("resnet", "--input", good, "--output", tmp_path / "out")
   assert result.returncode == 2 and "KIND" in result.stderr
+  (tmp_path / "notes.txt").write_text("a file")
+  result = run_tool("hopenet", "--input", good, "--output", tmp_path / "notes.txt" / "out")
+  assert result.returncode == 2 and "notes.txt" in result.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in result.stderr
 
 
 def test_loader_errors(tmp_path):

@@ -18,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmfa_jax.checkpoints import ConvertedWeightsError, file_sha256, save_converted
+from mmfa_jax.cli import output_folder_problem
 from pretrained_converters.common import CheckpointError
 from pretrained_converters.convert import CONVERTERS, convert_file, verify
 
@@ -68,11 +69,15 @@ def main(argv: list[str]) -> None:
     _fail("--input FILE and --output DIR are required")
   if os.path.exists(_OUTPUT.value) and not _OVERWRITE.value:
     _fail(f"{_OUTPUT.value}: already exists (pass --overwrite to replace it)")
+  problem = output_folder_problem(_OUTPUT.value)
+  if problem:
+    _fail(problem)
   config, config_name = _config_for(kind)
   try:
     conversion = convert_file(kind, _INPUT.value, config=config, generator=_GENERATOR.value)
   except CheckpointError as error:
-    _fail(f"{_INPUT.value} is not a usable {kind} file:\n{error}")
+    detail = str(error).strip().replace("\n", "; ")
+    _fail(f"{_INPUT.value} is not a usable {kind} file: {detail}")
 
   print(f"{'network':<16} {'tensors':>8} {'parameters':>14}")
   for network, tensors, parameters in conversion.rows:

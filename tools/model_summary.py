@@ -7,9 +7,12 @@ Where the PyTorch reference has the same network, its parameter count is printed
 
 from __future__ import annotations
 
+import sys
+
 from absl import app
 from ml_collections import config_flags
 
+from mmfa_jax.config_checks import config_flags_parser
 from mmfa_jax.models.summary import REFERENCE_PARAM_COUNTS, summarise_networks
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -21,7 +24,8 @@ def main(argv: list[str]) -> None:
   del argv
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/vox.py")
+    print("error: --config is required, e.g. --config=configs/vox.py", file=sys.stderr)
+    sys.exit(2)
   summary = summarise_networks(config)
   print(
     f"{'network':<20} {'params':>12} {'reference':>12}  outputs (batch 1, {config.image_size} px)"
@@ -41,4 +45,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_flags_parser(_CONFIG))

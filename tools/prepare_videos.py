@@ -33,7 +33,8 @@ def main(argv: list[str]) -> None:
     print("error: --input DIR and --output ROOT are required", file=sys.stderr)
     sys.exit(2)
   if not os.path.isdir(_INPUT.value):
-    print(f"error: {_INPUT.value}: no such folder", file=sys.stderr)
+    what = "a file, not a folder of videos" if os.path.exists(_INPUT.value) else "no such folder"
+    print(f"error: {_INPUT.value}: {what}", file=sys.stderr)
     sys.exit(2)
   videos = find_videos(_INPUT.value)
   if not videos:

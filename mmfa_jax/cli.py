@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from fractions import Fraction
 
+import flax.errors
 import numpy as np
 from absl import logging
 from tqdm import tqdm
@@ -64,6 +65,12 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
     main(args)
   except USER_ERRORS as error:
     print(f"error: {error}", file=sys.stderr)
+    return 2
+  except flax.errors.ScopeParamShapeError as error:  # arrays that do not fit their own metadata
+    detail = str(error).split(" (https://")[0]
+    where = getattr(args, "checkpoint", None) or "the model"
+    print(f"error: {where}: its weights do not fit the model it describes: {detail}",
+          file=sys.stderr)  # fmt: skip
     return 2
   except KeyboardInterrupt:  # outputs are staged beside their path and removed on the way out
     print(f"interrupted: nothing was written to {getattr(args, 'output', 'the output')}",

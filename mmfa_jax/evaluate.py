@@ -396,8 +396,6 @@ def _check_arguments(args: argparse.Namespace, synthetic: bool) -> None:
   for flag, value in (("--num-videos", args.num_videos), ("--max-frames", args.max_frames)):
     if value is not None and value < 1:
       raise cli.CommandError(f"{flag} must be at least 1, got {value}")
-  if os.path.isfile(args.output):
-    raise cli.CommandError(f"{args.output}: is a file; --output is a folder")
 
 
 def edits_markdown(edits: dict[str, dict[str, float]]) -> str:
@@ -414,8 +412,44 @@ def edits_markdown(edits: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+# What an earlier evaluation wrote in its output folder (the only things an evaluation replaces).
+_OUTPUT_ENTRIES = {"frames", "edits", "metrics.json", "table.md"}
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-  """Runs the protocol (module docstring) and writes ``OUT``; returns the metrics.json dict."""
+  """Runs the protocol (module docstring) and writes ``OUT``; returns the metrics.json dict.
+
+  Everything is written to a staging folder beside ``OUT`` and moved into place at the end: an
+  interrupted or failed evaluation leaves no partial output (an earlier evaluation's ``OUT``
+  stays until the new one is complete)."""
+  import shutil
+
+  from mmfa_jax.data.video import move_into_place, staging_name
+
+  final = args.output
+  if os.path.isfile(final):
+    raise cli.CommandError(f"{final}: is a file; --output is a folder")
+  problem = cli.output_folder_problem(final)
+  if problem:
+    raise cli.CommandError(problem)
+  if os.path.isdir(final) and set(os.listdir(final)) - _OUTPUT_ENTRIES:
+    other = sorted(set(os.listdir(final)) - _OUTPUT_ENTRIES)[0]
+    raise cli.CommandError(
+      f"{final}: a folder holding more than an evaluation ({other!r}...); name a new or empty "
+      "folder, or an earlier evaluation's"
+    )
+  args.output = staging_name(final)
+  os.makedirs(args.output)
+  try:
+    result = _evaluate(args)
+    move_into_place(args.output, final)
+    return result
+  finally:
+    shutil.rmtree(args.output, ignore_errors=True)  # gone already when moved into place
+    args.output = final
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
   from tqdm import tqdm
 
   synthetic = args.data == "synthetic"

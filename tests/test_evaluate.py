@@ -153,6 +153,30 @@ def test_bad_input_exits_2_with_one_line(model_dir, data_root, tmp_path, capsys)
   assert not (tmp_path / "o").exists()
   assert evaluate.main(_args(model_dir, "--data", str(data_root), "--output", str(a_file))) == 2
   assert "is a file" in capsys.readouterr().err
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+  assert evaluate.main(_args(model_dir, "--data", str(data_root), "--output",
+                             str(tmp_path / "mine"))) == 2  # fmt: skip
+  assert "mine: a folder holding more than an evaluation ('thesis.tex'" in capsys.readouterr().err
+  assert os.listdir(tmp_path / "mine") == ["thesis.tex"]
+
+
+def test_a_failed_evaluation_leaves_no_partial_output(model_dir, data_root, tmp_path, monkeypatch):
+  """Frames are saved in a staging folder: a run stopped after its first video (here by an error,
+  as by Ctrl-C) leaves neither the output folder nor the staging folder."""
+  save_frames = evaluate._save_frames
+  calls = []
+
+  def stopped(*args):
+    calls.append(args[0])
+    if len(calls) == 2:
+      raise evaluate.cli.CommandError("stopped after one video")
+    return save_frames(*args)
+
+  monkeypatch.setattr(evaluate, "_save_frames", stopped)
+  output = tmp_path / "out"
+  assert evaluate.main(_args(model_dir, "--data", str(data_root), "--output", str(output))) == 2
+  assert len(calls) == 2 and not output.exists() and os.listdir(tmp_path) == []
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 odd sizes, audio without video, names with spaces and accents; and outputs that would destroy
 something (a folder of other files, a folder where a file goes, a file where a folder goes)."""
 
+import json
 import os
+import shutil
 import struct
 from fractions import Fraction
 
@@ -114,7 +116,13 @@ def test_outputs_that_would_destroy_something_are_refused(fv2v_dir, tmp_path, ca
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
+  mismatched = tmp_path / "mismatched"  # metadata describing another model than its arrays
+  shutil.copytree(fv2v_dir, mismatched)
+  metadata = json.loads((mismatched / "metadata.json").read_text())
+  metadata["model_config"] = json.dumps(dict(json.loads(metadata["model_config"]), num_kp=5))
+  (mismatched / "metadata.json").write_text(json.dumps(metadata))
   cases = [
+    ({"--checkpoint": "mismatched"}, "mismatched: its weights do not fit the model it describes"),
     ({"--output": "holiday"}, "holiday: a folder holding more than frames ('notes.txt'...)"),
     ({"--output": "folder.mp4"}, "folder.mp4: a folder is there; a .mp4 file cannot replace it"),
     ({"--output": "plain.txt/out.mp4"}, "plain.txt is a file, so no folder can be made there"),

@@ -303,13 +303,13 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
   return (np.clip(np.asarray(frame, np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _staging_name(path: str) -> str:
+def staging_name(path: str) -> str:
   folder, name = os.path.split(os.path.abspath(path))
   stem, suffix = os.path.splitext(name)
   return os.path.join(folder, f".{stem}.partial-{os.getpid()}{suffix}")
 
 
-def _replace(staging: str, path: str) -> None:
+def move_into_place(staging: str, path: str) -> None:
   """Moves a finished staging file or folder to ``path`` (an older folder there is replaced)."""
   if os.path.isdir(staging) and os.path.isdir(path):
     old = f"{staging}.old"
@@ -324,7 +324,7 @@ def write_image(path: str | os.PathLike, frame: np.ndarray) -> str:
   """One float RGB frame to an image file (format by suffix), atomically."""
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-  staging = _staging_name(path)
+  staging = staging_name(path)
   try:
     Image.fromarray(to_uint8(frame)).save(
       staging, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()]
@@ -371,7 +371,7 @@ class VideoWriter:
     self.audio_from = audio_from
     self.crf = crf
     self.frames = 0
-    self._staging = _staging_name(self.path)
+    self._staging = staging_name(self.path)
     os.makedirs(os.path.dirname(self._staging), exist_ok=True)
     self._container = None
     self._video = None
@@ -486,7 +486,7 @@ class VideoWriter:
       if self._audio is not None:
         self._audio[0].close()
         self._audio = None
-    _replace(self._staging, self.path)
+    move_into_place(self._staging, self.path)
     return self.path
 
   def abort(self) -> None:

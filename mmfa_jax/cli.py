@@ -72,6 +72,13 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
     print(f"error: {where}: its weights do not fit the model it describes: {detail}",
           file=sys.stderr)  # fmt: skip
     return 2
+  except OSError as error:  # the system refused: a read-only folder, a name too long, a full disk
+    output = getattr(args, "output", None)
+    where = error.filename or output or "a file"
+    if output and ".partial-" in os.path.basename(str(where)):  # the staging name of the output
+      where = output
+    print(f"error: {where}: {error.strerror or error}", file=sys.stderr)
+    return 2
   except KeyboardInterrupt:  # outputs are staged beside their path and removed on the way out
     print(f"interrupted: nothing was written to {getattr(args, 'output', 'the output')}",
           file=sys.stderr, flush=True)  # fmt: skip

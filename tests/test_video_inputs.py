@@ -129,8 +129,13 @@ def test_outputs_that_would_destroy_something_are_refused(fv2v_dir, tmp_path, ca
     ({"--driving": "sound.m4a"}, "sound.m4a: has no video stream (no frames)"),
     ({"--checkpoint": "plain.txt"}, "plain.txt: a file, not a checkpoint directory"),
   ]
+  long_name = "n" * 300 + ".mp4"  # over the 255 bytes a file name may have
+  os_cases = [  # refused by the system while writing: one line naming the path and why
+    ({"--output": "/sys/mmfa_jax_out.mp4"}, "/sys/mmfa_jax_out.mp4: Permission denied"),  # root too
+    ({"--output": long_name}, f"{long_name}: File name too long"),
+  ]
   before = sorted(os.listdir(tmp_path))
-  for changes, message in cases:
+  for changes, message in cases + os_cases:
     options = {"--checkpoint": fv2v_dir, "--source": "face.png", "--driving": "talk.mp4",
                "--output": "new.mp4"}  # fmt: skip
     options.update(changes)

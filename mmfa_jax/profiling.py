@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 # Opcodes that name what a fusion does, most telling first.
 _HEAVY_OPCODES = (
@@ -125,22 +126,35 @@ def name_scope(op_name: str, depth: int) -> tuple[str, bool]:
 
 
 def thunk_seconds(xplane_path: str, names: Iterable[str]) -> dict[str, float]:
-  """Seconds per instruction name, summed over the thunk events of a ``jax.profiler`` trace
-  (``*.xplane.pb``) whose names are in ``names`` (host CPU plane, all threads but Python's, and
-  device planes on accelerators)."""
+  """Seconds per instruction name in a ``jax.profiler`` trace (``*.xplane.pb``).
+
+  On an accelerator: the device planes' kernel times, each kernel attributed to the instruction its
+  ``hlo_op`` statistic names (a kernel's own name is a cuDNN or fusion kernel name, and the host's
+  thunk events of the same instructions time only the launches). On a CPU, or a trace without such
+  statistics: the host plane's thunk events named after the instructions (every thread but
+  Python's)."""
   from jax.profiler import ProfileData
 
-  wanted = set(names)
-  seconds: dict[str, float] = collections.defaultdict(float)
-  data = ProfileData.from_file(xplane_path)
+  return _seconds_by_instruction(ProfileData.from_file(xplane_path), set(names))
+
+
+def _seconds_by_instruction(data: Any, wanted: set[str]) -> dict[str, float]:
+  """``thunk_seconds`` of a loaded ``ProfileData``."""
+  device: dict[str, float] = collections.defaultdict(float)
+  host: dict[str, float] = collections.defaultdict(float)
   for plane in data.planes:
+    on_device = plane.name.startswith("/device:")
     for line in plane.lines:
       if line.name == "python":
         continue
       for event in line.events:
-        if event.name in wanted:
-          seconds[event.name] += event.duration_ns * 1e-9
-  return dict(seconds)
+        if on_device:
+          name = dict(event.stats).get("hlo_op", event.name)
+          if name in wanted:
+            device[name] += event.duration_ns * 1e-9
+        elif event.name in wanted:
+          host[event.name] += event.duration_ns * 1e-9
+  return dict(device or host)
 
 
 @dataclasses.dataclass(frozen=True)

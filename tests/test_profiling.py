@@ -121,3 +121,47 @@ def test_thunk_seconds_of_a_real_trace(tmp_path):
   categories = {instructions[name].category for name in seconds}
   assert categories & {"convolution", "fusion:convolution"}
   assert all(value > 0 for value in seconds.values())
+
+
+_GPU_TRACE = """
+planes {
+  id: 1
+  name: "/device:GPU:0"
+  lines {
+    id: 1
+    name: "Stream #7(Compute)"
+    events { metadata_id: 1 offset_ps: 0 duration_ps: 5000000 stats { metadata_id: 9 str_value: "fusion.3" } }
+    events { metadata_id: 2 offset_ps: 6000000 duration_ps: 2000000 stats { metadata_id: 9 str_value: "custom-call.1" } }
+    events { metadata_id: 2 offset_ps: 9000000 duration_ps: 1000000 stats { metadata_id: 9 str_value: "custom-call.1" } }
+    events { metadata_id: 3 offset_ps: 11000000 duration_ps: 7000000 stats { metadata_id: 9 str_value: "other.1" } }
+  }
+  event_metadata { key: 1 value { id: 1 name: "loop_add_fusion" } }
+  event_metadata { key: 2 value { id: 2 name: "sm90_xmma_fprop_implicit_gemm" } }
+  event_metadata { key: 3 value { id: 3 name: "memcpy" } }
+  stat_metadata { key: 9 value { id: 9 name: "hlo_op" } }
+}
+planes {
+  id: 2
+  name: "/host:CPU"
+  lines {
+    id: 2
+    name: "thunk executor"
+    events { metadata_id: 1 offset_ps: 0 duration_ps: 40000000 }
+  }
+  event_metadata { key: 1 value { id: 1 name: "custom-call.1" } }
+}
+"""
+
+
+def test_gpu_kernels_count_for_the_instruction_their_hlo_op_names():
+  """On an accelerator the device kernels' times count, by their ``hlo_op`` statistic (not by the
+  kernel's own name); the host's launch events of the same instructions are left out. A trace
+  without device planes (CPU) falls back to the host's thunk events."""
+  from jax.profiler import ProfileData
+
+  wanted = {"fusion.3", "custom-call.1"}
+  gpu = profiling._seconds_by_instruction(ProfileData.from_text_proto(_GPU_TRACE), wanted)
+  assert gpu == pytest.approx({"fusion.3": 5e-6, "custom-call.1": 3e-6})
+  host_only = _GPU_TRACE[_GPU_TRACE.index("planes {\n  id: 2") :]
+  cpu = profiling._seconds_by_instruction(ProfileData.from_text_proto(host_only), wanted)
+  assert cpu == pytest.approx({"custom-call.1": 40e-6})

@@ -431,11 +431,9 @@ def test_the_commands_run_as_modules(fv2v_dir, media, bad, tmp_path):
 def test_ctrl_c_during_animate_leaves_no_output(fv2v_dir, media, tmp_path):
   """SIGINT while frames are being written: one 'interrupted' line, exit 130, no output file and
   no staging file left."""
-  import re
-  import signal
-  import subprocess
   import sys
-  import time
+
+  from tool_runner import interrupt_when
 
   driving = tmp_path / "long"
   driving.mkdir()
@@ -443,26 +441,12 @@ def test_ctrl_c_during_animate_leaves_no_output(fv2v_dir, media, tmp_path):
   for index in range(400):
     Image.fromarray(np.roll(frame, index, axis=1)).save(driving / f"{index:04d}.png")
   output = tmp_path / "out.mp4"
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   command = [sys.executable, "-m", "mmfa_jax.animate", "--checkpoint", fv2v_dir, "--source",
              str(media / "pose.webp"), "--driving", str(driving), "--output", str(output),
              "--batch-size", "1"]  # fmt: skip
-  # SIGINT as a terminal delivers it (a CI runner started in the background may ignore it, and
-  # the child would inherit that).
-  restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-  process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env, cwd=ROOT, preexec_fn=restore)
-  said, deadline = b"", time.monotonic() + 240
-  written = re.compile(rb"animating: .*\| *([3-9]|[1-9]\d+)/400 \[")  # compiled, 3+ frames out
-  while not written.search(said) and time.monotonic() < deadline:
-    chunk = os.read(process.stderr.fileno(), 4096)
-    if not chunk:  # the process ended before it was interrupted
-      break
-    said += chunk
-  assert process.poll() is None, said.decode(errors="replace")[-2000:]
-  process.send_signal(signal.SIGINT)
-  said += process.stderr.read()
-  process.wait(timeout=120)
-  text = said.decode(errors="replace")
-  assert process.returncode == 130, text[-2000:]
+  written = rb"animating: .*\| *([3-9]|[1-9]\d+)/400 \["  # compiled, 3+ frames out
+  running, status, text = interrupt_when(command, written)
+  assert running, text[-2000:]
+  assert status == 130, text[-2000:]
   assert f"interrupted: nothing was written to {output}" in text and "Traceback" not in text
   assert sorted(os.listdir(tmp_path)) == ["long"]  # no output, no staging file

@@ -247,32 +247,16 @@ def test_lpips_and_fid_equal_the_torch_twins_on_the_saved_frames(
 def test_ctrl_c_during_evaluate_leaves_no_output(model_dir, tmp_path):
   """SIGINT once frames are being scored: one 'interrupted' line, exit 130, neither the output
   folder nor its staging folder left."""
-  import re
-  import signal
-  import subprocess
   import sys
-  import time
 
-  from tool_runner import ROOT
+  from tool_runner import interrupt_when
 
   output = tmp_path / "scores"
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   command = [sys.executable, "-m", "mmfa_jax.evaluate", *_args(model_dir), "--data", "synthetic",
              "--metrics", "l1", "--edit-degrees", "0", "--output", str(output)]  # fmt: skip
-  restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731  (as a terminal)
-  process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env, cwd=ROOT, preexec_fn=restore)
-  said, deadline = b"", time.monotonic() + 240
-  scored = re.compile(rb"evaluate: [1-9]\d* ?frame")  # the first video's frames are saved
-  while not scored.search(said) and time.monotonic() < deadline:
-    chunk = os.read(process.stderr.fileno(), 4096)
-    if not chunk:
-      break
-    said += chunk
-  assert process.poll() is None, said.decode(errors="replace")[-2000:]
-  process.send_signal(signal.SIGINT)
-  said += process.stderr.read()
-  process.wait(timeout=120)
-  text = said.decode(errors="replace")
-  assert process.returncode == 130, text[-2000:]
+  scored = rb"evaluate: [1-9]\d* ?frame"  # the first video's frames are saved
+  running, status, text = interrupt_when(command, scored)
+  assert running, text[-2000:]
+  assert status == 130, text[-2000:]
   assert f"interrupted: nothing was written to {output}" in text and "Traceback" not in text
   assert os.listdir(tmp_path) == []

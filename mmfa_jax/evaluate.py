@@ -14,7 +14,10 @@
   metric is computed against it.
 
 Generated frames are written as 8-bit PNG (``OUT/frames/<video>/<index:07d>.png``) and every metric
-is computed on those saved frames, so anyone can recompute them. ``OUT/metrics.json`` holds the
+is computed on those saved frames, so anyone can recompute them. ``OUT/grid.png`` shows one frame per
+video (the one farthest from the source, up to 8 videos) as source | driver | output, and in
+synthetic cross-identity | target (the renderer's exact target; in reconstruction the driver is the
+target, and real cross-identity pairs have none). ``OUT/metrics.json`` holds the
 averages over all evaluated frames, the copy-the-source baseline (the source image as the
 prediction of every frame: the floor any model must beat), counts and the SHA-256 of the metric
 networks' weights; ``OUT/table.md`` the paper's Table 1 layout with the columns it can fill.
@@ -286,6 +289,27 @@ def _save_frames(folder: str, frames: np.ndarray) -> np.ndarray:
   return np.stack(saved)
 
 
+def _grid_row(item: Item, saved: np.ndarray) -> tuple[np.ndarray, ...]:
+  """(source, driver, output[, target]) at the frame whose target (or driver) is farthest from the
+  source in mean absolute difference: the frame that shows the most motion."""
+  real = item.target if item.target is not None else item.driving  # (T, S, S, 3)
+  index = int(np.abs(real - item.source[None]).mean(axis=(1, 2, 3)).argmax())
+  row = (item.source, item.driving[index], saved[index])
+  separate_target = item.target is not None and item.target is not item.driving
+  return (*row, item.target[index]) if separate_target else row
+
+
+def save_comparison_grid(path: str, rows: Sequence[tuple[np.ndarray, ...]]) -> None:
+  """``rows`` of (source, driver, output[, target]) images as one PNG, a row per video."""
+  from mmfa_jax.visualize import sample_grid, save_png
+
+  if not rows:
+    return
+  names = ("source", "driver", "output", "target")[: len(rows[0])]
+  columns = [(name, np.stack([row[c] for row in rows])) for c, name in enumerate(names)]
+  save_png(path, sample_grid(columns, max_rows=len(rows)))
+
+
 def table_markdown(protocol: str, results: dict[str, dict[str, float]]) -> str:
   """The paper's Table 1 layout (reconstruction: L1, PSNR, SSIM, LPIPS, FID; cross-identity: FID,
   and on synthetic data the pixel metrics against the exact target) with what was computed."""
@@ -327,7 +351,8 @@ def edits_markdown(edits: dict[str, dict[str, float]]) -> str:
 
 
 # What an earlier evaluation wrote in its output folder (the only things an evaluation replaces).
-_OUTPUT_ENTRIES = {"frames", "edits", "metrics.json", "table.md"}
+_OUTPUT_ENTRIES = {"frames", "edits", "metrics.json", "table.md", "grid.png"}
+GRID_ROWS = 8
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -388,6 +413,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
   baseline = Scorer(wanted, lpips_fn, inception_fn, real_from=model)  # the same real frames
   mode = "absolute" if args.protocol == "reconstruction" else "relative"
   counts = {"videos": 0, "frames": 0, "skipped_videos": 0}
+  grid_rows: list[tuple[np.ndarray, ...]] = []
   with tqdm(desc="evaluate", unit="frame", dynamic_ncols=True) as progress:
     for item in items:
       if item.source is None:
@@ -402,6 +428,8 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         target = None if item.target is None else item.target[rows]
         model.add(saved[rows], target, real[rows])
         baseline.add(np.ascontiguousarray(copies[rows]), target, real[rows])
+      if len(grid_rows) < GRID_ROWS:
+        grid_rows.append(_grid_row(item, saved))
       counts["videos"] += 1
       counts["frames"] += len(saved)
       progress.update(len(saved))
@@ -418,6 +446,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     "weights": {k: sha for k, (_, sha) in loaded.items()},
     "notes": "per-frame values averaged over all frames; an exact frame's PSNR counts as 100 dB",
   }
+  save_comparison_grid(os.path.join(args.output, "grid.png"), grid_rows)
   if synthetic and args.edit_degrees > 0:
     videos = args.num_videos or SYNTHETIC_VIDEOS
     result["edits"] = edit_accuracy(animator, size, videos, args.edit_degrees, args.output)

@@ -77,6 +77,17 @@ def test_reconstruction_on_frame_folders(model_dir, data_root, tmp_path):
     assert result["baselines"]["copy_source"][name] == pytest.approx(value, abs=1e-4), name
   table = (out / "table.md").read_text()
   assert "| mmfa_jax | " in table and "| copy source | " in table and "PSNR" in table
+  # The grid: a row per video, source | driver | output at the frame farthest from the source.
+  grid = read_image(str(out / "grid.png"))
+  cell = SIZE + 2
+  assert grid.shape == (len(VIDEOS) * cell, 3 * cell, 3)
+  for row, name in enumerate(VIDEOS):
+    truth = np.stack([targets[VIDEOS.index(name) * FRAMES + i] for i in range(FRAMES)])
+    farthest = int(np.abs(truth - truth[0]).mean(axis=(1, 2, 3)).argmax())
+    tiles = [grid[row * cell : row * cell + SIZE, c * cell : c * cell + SIZE] for c in range(3)]
+    output = read_image(str(out / "frames" / name / f"{farthest:07d}.png"))
+    for tile, want in zip(tiles, (truth[0], truth[farthest], output)):
+      np.testing.assert_allclose(tile, want, atol=1 / 255 + 1e-6)
 
 
 def test_cross_identity_on_synthetic_heads_against_exact_targets(model_dir, tmp_path):
@@ -96,6 +107,16 @@ def test_cross_identity_on_synthetic_heads_against_exact_targets(model_dir, tmp_
   items = list(evaluate.synthetic_items("cross_identity", SIZE, 2, 2))
   source, driver, target = items[0].source, items[0].driving[0], items[0].target[0]
   assert np.abs(target - source).mean() < np.abs(target - driver).mean()
+  # The grid has the exact target as a fourth column.
+  grid = read_image(str(out / "grid.png"))
+  cell = SIZE + 2
+  assert grid.shape == (2 * cell, 4 * cell, 3)
+  farthest = int(np.abs(items[1].target - items[1].source).mean(axis=(1, 2, 3)).argmax())
+  np.testing.assert_allclose(
+    grid[cell : cell + SIZE, 3 * cell : 3 * cell + SIZE],
+    items[1].target[farthest],
+    atol=1 / 255 + 1e-6,
+  )
 
   # Pose edits by +-20 degrees, saved and scored against the renderer's exact target.
   from mmfa_jax.data.synthetic import render_head

@@ -19,7 +19,9 @@ video (the one farthest from the source, up to 8 videos) as source | driver | ou
 synthetic cross-identity | target (the renderer's exact target; in reconstruction the driver is the
 target, and real cross-identity pairs have none). ``OUT/metrics.json`` holds the
 averages over all evaluated frames, the copy-the-source baseline (the source image as the
-prediction of every frame: the floor any model must beat), counts and the SHA-256 of the metric
+prediction of every frame: the floor any model must beat), in reconstruction ``self_reconstruction``
+(the scores of frame 0 alone, the source driven by itself: what the appearance path reaches with no
+motion to estimate, a ceiling for the rest), counts and the SHA-256 of the metric
 networks' weights; ``OUT/table.md`` the paper's Table 1 layout with the columns it can fill.
 LPIPS and FID need converted weights (``tools/convert_torch_weights.py lpips|inception``).
 """
@@ -27,7 +29,6 @@ LPIPS and FID need converted weights (``tools/convert_torch_weights.py lpips|inc
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -44,6 +45,7 @@ from mmfa_jax.data.evaluation import (
   reconstruction_stream,
   synthetic_items,
 )
+from mmfa_jax.scoring import Scores, metric_network, padded_batches
 
 PROTOCOLS = ("reconstruction", "cross_identity")
 METRICS = ("l1", "psnr", "ssim", "lpips", "fid")
@@ -165,82 +167,7 @@ def edit_accuracy(
 
 
 # --------------------------------------------------------------------------------------------
-# Metric networks
-
-
-class Scorer:
-  """Accumulates per-frame metrics and FID statistics for one set of predictions; ``real_from``:
-  another scorer of the same real frames whose real-frame statistics this one reads (computed once)."""
-
-  def __init__(self, wanted: Sequence[str], lpips: Any, inception: Any, real_from: Any = None):
-    self.wanted = wanted
-    self.values: dict[str, list[float]] = {k: [] for k in wanted if k != "fid"}
-    self.lpips, self.inception = lpips, inception
-    self.generated = self.real = None
-    self.owns_real = real_from is None
-    if "fid" in wanted:
-      from mmfa_jax.metrics import FeatureStatistics
-
-      self.generated = FeatureStatistics(2048)
-      self.real = FeatureStatistics(2048) if self.owns_real else real_from.real
-
-  def add(self, prediction: np.ndarray, target: np.ndarray | None, real: np.ndarray) -> None:
-    from mmfa_jax.metrics import image_metrics
-
-    if target is not None:
-      pixel = image_metrics(prediction, target)
-      for name in ("l1", "psnr", "ssim"):
-        if name in self.values:
-          self.values[name].extend(np.asarray(pixel[name]).tolist())
-      if "lpips" in self.values:
-        self.values["lpips"].extend(np.asarray(self.lpips(prediction, target)).tolist())
-    if self.generated is not None:
-      self.generated.add(np.asarray(self.inception(prediction)))
-      if self.owns_real:
-        self.real.add(np.asarray(self.inception(real)))
-
-  def summary(self) -> dict[str, float]:
-    from mmfa_jax.metrics import fid, mean_finite
-
-    out = {name: mean_finite(values) for name, values in self.values.items() if values}
-    if self.generated is not None:
-      out["fid"] = fid(self.real, self.generated)
-    return out
-
-
-def _padded(function: Any, size: int) -> Any:
-  """``function`` of image batches called on batches padded to ``size`` rows (one compilation for
-  every batch; the padding rows' outputs are dropped)."""
-
-  def call(*images: np.ndarray) -> np.ndarray:
-    count = images[0].shape[0]
-    padded = [np.concatenate([x, np.repeat(x[-1:], size - count, 0)]) for x in images]
-    return np.asarray(function(*padded))[:count]
-
-  return call
-
-
-def _jitted_network(kind: str, directory: str) -> tuple[Any, str]:
-  """``(compiled function, weights sha256)`` of a converted metric network."""
-  import jax
-
-  from mmfa_jax.checkpoints import file_sha256, load_converted
-  from mmfa_jax.inference import on_device
-
-  variables, metadata = load_converted(directory, kind)
-  sha = metadata.get("source_sha256") or file_sha256(os.path.join(directory, "metadata.json"))
-  # The weights are an argument on the device (not closed-over constants compiled into the
-  # program and copied from the host per call).
-  variables = on_device(variables)
-  if kind == "lpips":
-    from mmfa_jax.models.lpips import LPIPS
-
-    lpips = jax.jit(LPIPS().apply)
-    return functools.partial(lpips, variables), sha
-  from mmfa_jax.models.inception import FIDInception
-
-  inception = jax.jit(FIDInception().apply)
-  return functools.partial(inception, variables), sha
+# Metrics (the scorers and the metric networks: mmfa_jax/scoring.py)
 
 
 def chosen_metrics(args: argparse.Namespace, has_targets: bool) -> list[str]:
@@ -389,13 +316,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
-  from tqdm import tqdm
-
   synthetic = args.data == "synthetic"
   _check_arguments(args, synthetic)
   wanted = chosen_metrics(args, synthetic or args.protocol == "reconstruction")
   networks = {"lpips": args.lpips, "inception": args.inception}
-  loaded = {k: _jitted_network(k, d) for k, d in networks.items() if d and _uses(k, wanted)}
+  loaded = {k: metric_network(k, d) for k, d in networks.items() if d and _uses(k, wanted)}
   animator = cli.load_animator(args)
   size = animator.image_size
   if synthetic:
@@ -407,37 +332,28 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
       args.data, args.protocol, size, args.num_videos, args.max_frames, args.pairs
     )
   lpips_fn, inception_fn = (
-    _padded(loaded[k][0], args.batch_size) if k in loaded else None for k in ("lpips", "inception")
+    padded_batches(loaded[k][0], args.batch_size) if k in loaded else None
+    for k in ("lpips", "inception")
   )
-  model = Scorer(wanted, lpips_fn, inception_fn)
-  baseline = Scorer(wanted, lpips_fn, inception_fn, real_from=model)  # the same real frames
+  scores = Scores(wanted, lpips_fn, inception_fn, args.batch_size)
   mode = "absolute" if args.protocol == "reconstruction" else "relative"
   counts = {"videos": 0, "frames": 0, "skipped_videos": 0}
   grid_rows: list[tuple[np.ndarray, ...]] = []
-  with tqdm(desc="evaluate", unit="frame", dynamic_ncols=True) as progress:
-    for item in items:
-      if item.source is None:
-        counts["skipped_videos"] += 1
-        continue
-      generated = np.stack(list(animator.iter_animate(item.source, item.driving, mode=mode)))
-      saved = _save_frames(os.path.join(args.output, "frames", item.name), generated)
-      real = item.target if item.target is not None else item.driving
-      copies = np.broadcast_to(item.source, item.driving.shape)
-      for start in range(0, len(saved), args.batch_size):
-        rows = slice(start, start + args.batch_size)
-        target = None if item.target is None else item.target[rows]
-        model.add(saved[rows], target, real[rows])
-        baseline.add(np.ascontiguousarray(copies[rows]), target, real[rows])
-      if len(grid_rows) < GRID_ROWS:
-        grid_rows.append(_grid_row(item, saved))
-      counts["videos"] += 1
-      counts["frames"] += len(saved)
-      progress.update(len(saved))
+  for item in _progress(items):
+    if item.source is None:
+      counts["skipped_videos"] += 1
+      continue
+    generated = np.stack(list(animator.iter_animate(item.source, item.driving, mode=mode)))
+    saved = _save_frames(os.path.join(args.output, "frames", item.name), generated)
+    scores.add(item, saved, own_frame=args.protocol == "reconstruction")
+    if len(grid_rows) < GRID_ROWS:
+      grid_rows.append(_grid_row(item, saved))
+    counts["videos"] += 1
+    counts["frames"] += len(saved)
   if counts["frames"] == 0:
     raise cli.CommandError(f"{args.data}: no readable video to evaluate")
   result = {
-    "metrics": model.summary(),
-    "baselines": {"copy_source": baseline.summary()},
+    **scores.summary(),
     "counts": counts,
     "protocol": args.protocol,
     "mode": mode,
@@ -450,15 +366,31 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
   if synthetic and args.edit_degrees > 0:
     videos = args.num_videos or SYNTHETIC_VIDEOS
     result["edits"] = edit_accuracy(animator, size, videos, args.edit_degrees, args.output)
-  with open(os.path.join(args.output, "metrics.json"), "w") as handle:
+  _write_results(args.output, args.protocol, result)
+  return result
+
+
+def _progress(items: Iterator[Item]) -> Iterator[Item]:
+  """``items`` with a progress bar counting driving frames."""
+  from tqdm import tqdm
+
+  with tqdm(desc="evaluate", unit="frame", dynamic_ncols=True) as progress:
+    for item in items:
+      yield item
+      progress.update(0 if item.driving is None else len(item.driving))
+
+
+def _write_results(output: str, protocol: str, result: dict[str, Any]) -> None:
+  """``metrics.json`` and ``table.md`` (printed too)."""
+  with open(os.path.join(output, "metrics.json"), "w") as handle:
     json.dump(result, handle, indent=2, sort_keys=True)
-  baselines = result["baselines"]["copy_source"]
-  table = table_markdown(args.protocol, {"mmfa_jax": result["metrics"], "copy source": baselines})
-  table += edits_markdown(result.get("edits", {}))
-  with open(os.path.join(args.output, "table.md"), "w") as handle:
+  rows = {"mmfa_jax": result["metrics"], "copy source": result["baselines"]["copy_source"]}
+  if "self_reconstruction" in result:
+    rows["mmfa_jax, frame 0 (source driven by itself)"] = result["self_reconstruction"]
+  table = table_markdown(protocol, rows) + edits_markdown(result.get("edits", {}))
+  with open(os.path.join(output, "table.md"), "w") as handle:
     handle.write(table)
   print(table, end="")
-  return result
 
 
 def _uses(network: str, wanted: Sequence[str]) -> bool:

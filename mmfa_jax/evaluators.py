@@ -62,8 +62,8 @@ class Evaluator:
     self, model_config: Any, image_size: int, variables: Mapping[str, Any], frozen: Any
   ) -> dict[str, float]:
     """``{'eval/<name>/<metric>': average}`` of the model ``variables``."""
-    from mmfa_jax.evaluate import Scorer
     from mmfa_jax.inference import Animator
+    from mmfa_jax.scoring import Scorer
 
     animator = Animator(
       model_config, variables, image_size=image_size, batch_size=self.batch_size, frozen=frozen

@@ -75,8 +75,14 @@ def test_reconstruction_on_frame_folders(model_dir, data_root, tmp_path):
   baseline = _skimage_scores(sources, targets)  # frame 0 of each video is exact: 100 dB
   for name, value in baseline.items():
     assert result["baselines"]["copy_source"][name] == pytest.approx(value, abs=1e-4), name
+  # Frame 0 alone (the source driven by itself): the appearance path's ceiling.
+  own = _skimage_scores(predictions[::FRAMES], targets[::FRAMES])
+  assert set(result["self_reconstruction"]) == set(own)
+  for name, value in own.items():
+    assert result["self_reconstruction"][name] == pytest.approx(value, abs=1e-4), name
   table = (out / "table.md").read_text()
   assert "| mmfa_jax | " in table and "| copy source | " in table and "PSNR" in table
+  assert "| mmfa_jax, frame 0 (source driven by itself) | " in table
   # The grid: a row per video, source | driver | output at the frame farthest from the source.
   grid = read_image(str(out / "grid.png"))
   cell = SIZE + 2
@@ -98,6 +104,7 @@ def test_cross_identity_on_synthetic_heads_against_exact_targets(model_dir, tmp_
   result = json.loads((out / "metrics.json").read_text())
   assert result["counts"]["frames"] == 4 and result["mode"] == "relative"
   assert set(result["metrics"]) == {"l1", "psnr", "ssim"}  # no LPIPS / Inception weights given
+  assert "self_reconstruction" not in result  # reconstruction only
   assert sorted(os.listdir(out / "frames")) == [
     "synthetic000_by_synthetic001",
     "synthetic001_by_synthetic000",

@@ -1,0 +1,119 @@
+"""Scoring generated frames for ``python -m mmfa_jax.evaluate`` and the in-training evaluators:
+per-frame L1 / PSNR / SSIM (``metrics.image_metrics``), LPIPS and FID from converted networks."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mmfa_jax.data.evaluation import Item
+
+
+class Scorer:
+  """Accumulates per-frame metrics and FID statistics for one set of predictions; ``real_from``:
+  another scorer of the same real frames whose real-frame statistics this one reads (computed once)."""
+
+  def __init__(self, wanted: Sequence[str], lpips: Any, inception: Any, real_from: Any = None):
+    self.wanted = wanted
+    self.values: dict[str, list[float]] = {k: [] for k in wanted if k != "fid"}
+    self.lpips, self.inception = lpips, inception
+    self.generated = self.real = None
+    self.owns_real = real_from is None
+    if "fid" in wanted:
+      from mmfa_jax.metrics import FeatureStatistics
+
+      self.generated = FeatureStatistics(2048)
+      self.real = FeatureStatistics(2048) if self.owns_real else real_from.real
+
+  def add(self, prediction: np.ndarray, target: np.ndarray | None, real: np.ndarray) -> None:
+    from mmfa_jax.metrics import image_metrics
+
+    if target is not None:
+      pixel = image_metrics(prediction, target)
+      for name in ("l1", "psnr", "ssim"):
+        if name in self.values:
+          self.values[name].extend(np.asarray(pixel[name]).tolist())
+      if "lpips" in self.values:
+        self.values["lpips"].extend(np.asarray(self.lpips(prediction, target)).tolist())
+    if self.generated is not None:
+      self.generated.add(np.asarray(self.inception(prediction)))
+      if self.owns_real:
+        self.real.add(np.asarray(self.inception(real)))
+
+  def summary(self) -> dict[str, float]:
+    from mmfa_jax.metrics import fid, mean_finite
+
+    out = {name: mean_finite(values) for name, values in self.values.items() if values}
+    if self.generated is not None:
+      out["fid"] = fid(self.real, self.generated)
+    return out
+
+
+def padded_batches(function: Any, size: int) -> Any:
+  """``function`` of image batches called on batches padded to ``size`` rows (one compilation for
+  every batch; the padding rows' outputs are dropped)."""
+
+  def call(*images: np.ndarray) -> np.ndarray:
+    count = images[0].shape[0]
+    padded = [np.concatenate([x, np.repeat(x[-1:], size - count, 0)]) for x in images]
+    return np.asarray(function(*padded))[:count]
+
+  return call
+
+
+def metric_network(kind: str, directory: str) -> tuple[Any, str]:
+  """``(compiled function, weights sha256)`` of a converted metric network."""
+  import jax
+
+  from mmfa_jax.checkpoints import file_sha256, load_converted
+  from mmfa_jax.inference import on_device
+
+  variables, metadata = load_converted(directory, kind)
+  sha = metadata.get("source_sha256") or file_sha256(os.path.join(directory, "metadata.json"))
+  # The weights are an argument on the device (not closed-over constants compiled into the
+  # program and copied from the host per call).
+  variables = on_device(variables)
+  if kind == "lpips":
+    from mmfa_jax.models.lpips import LPIPS
+
+    lpips = jax.jit(LPIPS().apply)
+    return functools.partial(lpips, variables), sha
+  from mmfa_jax.models.inception import FIDInception
+
+  inception = jax.jit(FIDInception().apply)
+  return functools.partial(inception, variables), sha
+
+
+class Scores:
+  """The model's scores, the copy-the-source baseline's on the same real frames and, in
+  reconstruction, frame 0's alone: the source driven by itself, with no motion to get right (what
+  the appearance path, encoder and generator, reaches: a ceiling for the other frames)."""
+
+  def __init__(self, wanted: Sequence[str], lpips: Any, inception: Any, batch_size: int):
+    self.model = Scorer(wanted, lpips, inception)
+    self.baseline = Scorer(wanted, lpips, inception, real_from=self.model)
+    self.own_frame = Scorer([m for m in wanted if m != "fid"], lpips, None)
+    self.batch_size = batch_size
+
+  def add(self, item: Item, saved: np.ndarray, own_frame: bool) -> None:
+    real = item.target if item.target is not None else item.driving
+    copies = np.broadcast_to(item.source, item.driving.shape)
+    for start in range(0, len(saved), self.batch_size):
+      rows = slice(start, start + self.batch_size)
+      target = None if item.target is None else item.target[rows]
+      self.model.add(saved[rows], target, real[rows])
+      self.baseline.add(np.ascontiguousarray(copies[rows]), target, real[rows])
+    if own_frame and item.target is not None:
+      self.own_frame.add(saved[:1], item.target[:1], real[:1])
+
+  def summary(self) -> dict[str, Any]:
+    own = self.own_frame.summary()
+    return {
+      "metrics": self.model.summary(),
+      "baselines": {"copy_source": self.baseline.summary()},
+      **({"self_reconstruction": own} if own else {}),
+    }

@@ -216,14 +216,14 @@ def _save_frames(folder: str, frames: np.ndarray) -> np.ndarray:
   return np.stack(saved)
 
 
-def _grid_row(item: Item, saved: np.ndarray) -> tuple[np.ndarray, ...]:
+def _grid_row(item: Item, saved: np.ndarray, show_target: bool) -> tuple[np.ndarray, ...]:
   """(source, driver, output[, target]) at the frame whose target (or driver) is farthest from the
-  source in mean absolute difference: the frame that shows the most motion."""
+  source in mean absolute difference: the frame that shows the most motion. ``show_target``: the
+  target is not the driver (cross-identity) and is known (synthetic)."""
   real = item.target if item.target is not None else item.driving  # (T, S, S, 3)
   index = int(np.abs(real - item.source[None]).mean(axis=(1, 2, 3)).argmax())
   row = (item.source, item.driving[index], saved[index])
-  separate_target = item.target is not None and item.target is not item.driving
-  return (*row, item.target[index]) if separate_target else row
+  return (*row, item.target[index]) if show_target and item.target is not None else row
 
 
 def save_comparison_grid(path: str, rows: Sequence[tuple[np.ndarray, ...]]) -> None:
@@ -335,8 +335,9 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     padded_batches(loaded[k][0], args.batch_size) if k in loaded else None
     for k in ("lpips", "inception")
   )
-  scores = Scores(wanted, lpips_fn, inception_fn, args.batch_size)
-  mode = "absolute" if args.protocol == "reconstruction" else "relative"
+  reconstruction = args.protocol == "reconstruction"
+  scores = Scores(wanted, lpips_fn, inception_fn, args.batch_size, own_frame=reconstruction)
+  mode = "absolute" if reconstruction else "relative"
   counts = {"videos": 0, "frames": 0, "skipped_videos": 0}
   grid_rows: list[tuple[np.ndarray, ...]] = []
   for item in _progress(items):
@@ -345,9 +346,9 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
       continue
     generated = np.stack(list(animator.iter_animate(item.source, item.driving, mode=mode)))
     saved = _save_frames(os.path.join(args.output, "frames", item.name), generated)
-    scores.add(item, saved, own_frame=args.protocol == "reconstruction")
+    scores.add(item, saved)
     if len(grid_rows) < GRID_ROWS:
-      grid_rows.append(_grid_row(item, saved))
+      grid_rows.append(_grid_row(item, saved, show_target=not reconstruction))
     counts["videos"] += 1
     counts["frames"] += len(saved)
   if counts["frames"] == 0:

@@ -93,13 +93,15 @@ class Scores:
   reconstruction, frame 0's alone: the source driven by itself, with no motion to get right (what
   the appearance path, encoder and generator, reaches: a ceiling for the other frames)."""
 
-  def __init__(self, wanted: Sequence[str], lpips: Any, inception: Any, batch_size: int):
+  def __init__(
+    self, wanted: Sequence[str], lpips: Any, inception: Any, batch_size: int, own_frame: bool
+  ):
     self.model = Scorer(wanted, lpips, inception)
     self.baseline = Scorer(wanted, lpips, inception, real_from=self.model)
-    self.own_frame = Scorer([m for m in wanted if m != "fid"], lpips, None)
+    self.own_frame = Scorer([m for m in wanted if m != "fid"], lpips, None) if own_frame else None
     self.batch_size = batch_size
 
-  def add(self, item: Item, saved: np.ndarray, own_frame: bool) -> None:
+  def add(self, item: Item, saved: np.ndarray) -> None:
     real = item.target if item.target is not None else item.driving
     copies = np.broadcast_to(item.source, item.driving.shape)
     for start in range(0, len(saved), self.batch_size):
@@ -107,11 +109,11 @@ class Scores:
       target = None if item.target is None else item.target[rows]
       self.model.add(saved[rows], target, real[rows])
       self.baseline.add(np.ascontiguousarray(copies[rows]), target, real[rows])
-    if own_frame and item.target is not None:
+    if self.own_frame is not None and item.target is not None:
       self.own_frame.add(saved[:1], item.target[:1], real[:1])
 
   def summary(self) -> dict[str, Any]:
-    own = self.own_frame.summary()
+    own = self.own_frame.summary() if self.own_frame is not None else {}
     return {
       "metrics": self.model.summary(),
       "baselines": {"copy_source": self.baseline.summary()},

@@ -216,6 +216,10 @@ def _jax_training(config_name: str, batch: int, dtype: str, repeats: int) -> dic
   command = [sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"), "--config",
              config_name, "--steps", str(repeats), "--one", dtype, str(batch)]  # fmt: skip
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+  # JAX's preallocation stays on there even when this process turned it off to share the GPU with
+  # PyTorch: a step that autotunes without it may find no block for its temporaries (measured on
+  # an H200: RESOURCE_EXHAUSTED for one 45 GiB block). PyTorch's cached blocks are freed first.
+  env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
   # Its log (compile times, errors) goes to this process's stderr as it comes.
   done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
   lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]

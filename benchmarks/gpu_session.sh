@@ -19,6 +19,8 @@
 #   train0   - as train, the JAX side with --xla_gpu_autotune_level=0 from level0's cache;
 #   profiles - op_profile.py for one frame per call (float32) and batch GPU_SESSION_BATCH
 #              (bfloat16);
+#   trainprofile - op_profile.py --path train: where the float32 training step's time goes, its
+#              program loaded from the cache the train (or compile) part filled;
 #   startup  - benchmarks/startup.py (main's first step and the first animated frame, cold and
 #              warm cache) for the first config, when time is left;
 #   animstart - benchmarks/startup.py --no-train: the first animated frame only (cold, warm);
@@ -115,7 +117,7 @@ wait_part() {
 train_part() {
   [ "$(left)" -gt 90 ] || return
   # shellcheck disable=SC2086
-  XLA_FLAGS="${GPU_SESSION_TRAIN_XLA_FLAGS:-}" MMFA_JAX_CACHE_DIR="$cache" \
+  JAX_LOG_COMPILES=1 XLA_FLAGS="${GPU_SESSION_TRAIN_XLA_FLAGS:-}" MMFA_JAX_CACHE_DIR="$cache" \
     XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(left)" python3 benchmarks/against_torch.py \
     --config "$torch_config" --no-animate --train-batch "$batch" --dtypes ${GPU_SESSION_TRAIN_DTYPES:-float32 bfloat16} \
     --json "$RES/against_torch.jsonl" >"$RES/train.log" 2>&1
@@ -148,6 +150,13 @@ profiles_part() {
     --json "$RES/profile.jsonl" >"$RES/profile_b${batch}_bf16.log" 2>&1
 }
 
+trainprofile_part() {
+  [ "$(left)" -gt 60 ] || return
+  MMFA_JAX_CACHE_DIR="$cache" timeout "$(left)" python3 benchmarks/op_profile.py --path train \
+    --config "$torch_config" --batch-size "$batch" --cache --top 40 \
+    --json "$RES/profile.jsonl" >"$RES/profile_train_b${batch}.log" 2>&1
+}
+
 # The dense warp's gradient is a float32 scatter-add: default flags against the workaround of jax
 # issue 38806 (-nvptx-allow-ftz-atomics), and PyTorch's grid_sample, on the real volume sizes.
 warp_part() {
@@ -160,9 +169,13 @@ warp_part() {
 
 animstart_part() {
   [ "$(left)" -gt 40 ] || return
-  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(left)" python3 benchmarks/startup.py \
-    --configs "$torch_config" --no-train --workdir "$work/animstart" \
+  JAX_LOG_COMPILES=1 timeout "$(left)" \
+    python3 benchmarks/startup.py --configs "$torch_config" --no-train --workdir "$work/animstart" \
     --json "$RES/startup.jsonl" >"$RES/animstart.log" 2>&1
+  # The commands' own logs (JAX_LOG_COMPILES: what was traced, compiled or loaded, and when).
+  for log in "$work"/animstart/runs/*.log; do
+    [ -f "$log" ] && cp "$log" "$RES/animstart_$(basename "$log" .png.log).log"
+  done
 }
 
 startup_part() {

@@ -24,6 +24,10 @@
 #   startup  - benchmarks/startup.py (main's first step and the first animated frame, cold and
 #              warm cache) for the first config, when time is left;
 #   animstart - benchmarks/startup.py --no-train: the first animated frame only (cold, warm);
+#   convtaps - the training step with MMFA_JAX_CONV=depth_taps (each 3D convolution a sum of 2D
+#              ones over its depth taps), cold, into its own cache: against the compile part's
+#              default (cuDNN's 3D convolutions);
+#   backend  - seconds to bring JAX's GPU backend up (jax.devices()) in a bare process;
 #   warp     - benchmarks/grid_sample.py (the dense 3D warp, forward and backward) with and
 #              without the float32 scatter-add workaround flag, PyTorch beside it.
 # Everything lands in $OUT/results.tgz and $OUT/results is removed.
@@ -165,6 +169,18 @@ warp_part() {
     --torch-device cuda >"$RES/warp.log" 2>&1
   XLA_FLAGS=--xla_backend_extra_options=-nvptx-allow-ftz-atomics timeout "$(left)" \
     python3 benchmarks/grid_sample.py --skip-torch >>"$RES/warp.log" 2>&1
+}
+
+convtaps_part() {
+  [ "$(left)" -gt 90 ] || return
+  step convtaps float32 3 MMFA_JAX_CACHE_DIR="$work/cache_taps" MMFA_JAX_CONV=depth_taps
+}
+
+backend_part() {
+  timeout 60 python3 -c "import time; s = time.perf_counter(); import jax; i = time.perf_counter()
+jax.devices(); d = time.perf_counter(); jax.numpy.zeros(4).block_until_ready()
+print(f'import jax {i - s:.2f} s, jax.devices() {d - i:.2f} s, first array {time.perf_counter() - d:.2f} s')" \
+    >"$RES/backend.log" 2>&1
 }
 
 animstart_part() {

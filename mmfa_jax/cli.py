@@ -14,6 +14,8 @@ import argparse
 import dataclasses
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from fractions import Fraction
 
@@ -60,6 +62,7 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
   logging.set_verbosity(logging.INFO)
   configure_console(args.verbosity)
   enable_compilation_cache()
+  backend = start_backend()
   try:
     _refuse_output_over_an_input(args)
     main(args)
@@ -85,7 +88,33 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
     # Leave at once: XLA may still be compiling or computing in its own threads, and tearing the
     # interpreter down under them crashed (SIGSEGV) when the interrupt came during compilation.
     os._exit(130)
+  finally:
+    backend.join()  # never leave the interpreter while CUDA is still being set up
   return 0
+
+
+def start_backend() -> threading.Thread:
+  """Brings JAX's backend up in a background thread (started) and returns the thread.
+
+  On a GPU that takes seconds (the CUDA context, the memory pool), which a command otherwise waits
+  for when it first puts its weights on the device; started here, it overlaps with reading the
+  inputs and the weights. JAX creates a backend once, under a lock, so the main thread's first use
+  waits for this one; an error is left for the main thread to meet and report.
+  """
+
+  def bring_up() -> None:
+    start = time.perf_counter()
+    try:
+      import jax
+
+      device = jax.devices()[0]
+    except Exception:  # reported where the command itself uses JAX
+      return
+    logging.info("JAX backend up (%s) in %.1f s", device.device_kind, time.perf_counter() - start)
+
+  thread = threading.Thread(target=bring_up, name="jax-backend", daemon=True)
+  thread.start()
+  return thread
 
 
 def _refuse_output_over_an_input(args: argparse.Namespace) -> None:

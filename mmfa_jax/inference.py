@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -41,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from mmfa_jax import editing
 from mmfa_jax.data.video import as_image
@@ -297,7 +299,9 @@ class Animator(editing.Editing):
       CheckpointKindError (a ``ValueError``): not an mmfa_jax model checkpoint, another variant,
         or a missing Hopenet; the message names the directory.
     """
+    start = time.perf_counter()
     loaded = load_model(directory, step=step, hopenet=hopenet, variant=variant)
+    logging.info("%s: weights read in %.1f s", os.fspath(directory), time.perf_counter() - start)
     animator = cls(
       loaded.model_config,
       loaded.variables,

@@ -426,6 +426,31 @@ def test_the_commands_run_as_modules(fv2v_dir, media, bad, tmp_path):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)  # fmt: skip
   assert result.returncode == 0, result.stderr
   assert "wrote" in result.stderr and read_image(str(tmp_path / "o.png")).shape == (SIZE, SIZE, 3)
+  assert "JAX backend up (cpu)" in result.stderr  # cli.start_backend, beside reading the weights
+
+
+def test_a_failing_command_returns_after_the_backend_thread(media, tmp_path, monkeypatch, capsys):
+  """cli.run brings JAX's backend up in a thread; a command that fails on its input at once still
+  returns only after that thread (the interpreter never exits under a CUDA set-up)."""
+  import threading
+  import time
+
+  import jax
+
+  real_devices = jax.devices
+
+  def slow_devices(*args, **kwargs):
+    time.sleep(0.6)
+    return real_devices(*args, **kwargs)
+
+  monkeypatch.setattr(jax, "devices", slow_devices)
+  start = time.perf_counter()
+  argv = ["--checkpoint", str(tmp_path / "model"), "--source", str(media / "pose.webp"),
+          "--driving", str(tmp_path / "missing.mp4"), "--output", str(tmp_path / "o.mp4")]  # fmt: skip
+  assert animate.main(argv) == 2
+  assert time.perf_counter() - start >= 0.6
+  assert not [thread for thread in threading.enumerate() if thread.name == "jax-backend"]
+  _assert_one_error(capsys.readouterr().err, "missing.mp4")
 
 
 def test_ctrl_c_during_animate_leaves_no_output(fv2v_dir, media, tmp_path):

@@ -107,11 +107,14 @@ def name_scope(op_name: str, depth: int) -> tuple[str, bool]:
   primitive's own name dropped; ``backward`` when the stack is inside ``transpose(...)``.
 
   ``"jit(step)/transpose(jvp(Model))/generator/conv/conv_general_dilated"`` at depth 2 gives
-  ``("Model/generator", True)``.
+  ``("Model/generator", True)``; a step run from its exported program (``traced_steps``) has
+  ``call_exported/FUNCTION/`` after ``jit(f)``, which is dropped too.
   """
   parts = [p for p in op_name.split("/") if p]
   if parts and parts[0].startswith("jit("):
     parts = parts[1:]
+  if parts[:1] == ["call_exported"]:  # a step run from its traced program (traced_steps)
+    parts = parts[2:]
   backward = any(p.startswith("transpose(") for p in parts)
   cleaned = []
   for part in parts[:-1]:  # the last component is the primitive

@@ -41,6 +41,7 @@ from mmfa_jax.objective import (
 )
 from mmfa_jax.ops.pyramid import image_pyramid
 from mmfa_jax.sharding import batch_sharding, local_rows, make_mesh, put_replicated, replicated
+from mmfa_jax.traced_steps import CachedStep, config_identity
 from mmfa_jax.train_state import (
   TrainState,
   apply_gradients,
@@ -173,13 +174,14 @@ class StepRunner:
 
   def _compile_step(self, step_fn: Callable[..., Any]) -> None:
     """``jax.jit`` of ``step_fn``: states and step inputs replicated, the batch and the per-sample
-    outputs sharded on the data axis; the input states are donated."""
+    outputs sharded on the data axis; the input states are donated. Its traced program is kept in
+    the cache directory (``traced_steps.CachedStep``): a resumed run does not trace it again."""
     rep, data = replicated(self.mesh), batch_sharding(self.mesh)
-    self._step = jax.jit(
+    self._step = CachedStep(
       step_fn,
       in_shardings=(rep, rep, rep, data, rep),
       out_shardings=(rep, rep, rep, data),
-      donate_argnums=(0, 1),
+      identity=f"{type(self).__name__}\n{dict(self.mesh.shape)}\n{config_identity(self.config)}",
     )
 
   @property

@@ -120,7 +120,7 @@ def test_default_directory_is_under_the_home_cache(tmp_path):
 def test_resumed_training_run_compiles_nothing_new(tmp_path):
   """``python -m mmfa_jax.main`` stopped after one step, then resumed for the second in the same
   workdir: the second process loads every program from the cache (its first metrics record says
-  so). The config stays the same (``num_steps`` is part of the step: its learning-rate schedule)."""
+  so) and reads its traced step instead of tracing it. The config stays the same (``num_steps`` is part of the step: its learning-rate schedule)."""
   workdir = tmp_path / "run"
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   env["MMFA_JAX_CACHE_DIR"] = str(tmp_path / "cache")
@@ -152,6 +152,8 @@ def test_resumed_training_run_compiles_nothing_new(tmp_path):
   assert resumed["cached_programs"] >= 1
   assert 0 < resumed["startup_seconds"] < first["startup_seconds"]
   assert "loaded from the compilation cache" in result.stderr
+  # Nor traced again (traced_steps: stop_after_steps only steers the loop).
+  assert "traced training step read from" in result.stderr
   assert sorted(os.listdir(workdir / "samples")) == ["step_0000001.png", "step_0000002.png"]
 
 

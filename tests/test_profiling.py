@@ -69,6 +69,11 @@ def test_parse_hlo_module_categories_and_names():
     ("jit(step)/tanh", 2, ("(top level)", False)),
     ("", 2, ("(top level)", False)),
     ("jit(f)/vmap(jvp(Net))/block/add", 5, ("Net/block", False)),
+    (  # a step run from its exported program (traced_steps)
+      "jit(run)/call_exported/_flat_step/transpose(jvp(VGG19))/features_2/conv/conv_general_dilated",
+      2,
+      ("VGG19/features_2", True),
+    ),
   ],
 )
 def test_name_scope(op_name, depth, expected):

@@ -11,7 +11,8 @@ the exported program, so every process compiles the same module and the compilat
 ``KEY`` covers everything the program depends on: the jax and jaxlib versions, every Python source
 of the ``mmfa_jax`` package, the identity the caller gives (the whole config), the mesh and the
 platform, and each argument's path, shape, dtype and sharding. Anything that cannot be exported
-falls back to the plain ``jax.jit`` (logged once). ``MMFA_JAX_CACHE_DIR=none`` turns it off.
+falls back to the plain ``jax.jit`` (logged once). ``MMFA_JAX_CACHE_DIR=none`` turns it off, and
+so does a run of several processes (each would decide alone whether it could export).
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ class CachedStep:
 
   def _build(self, args: tuple[Any, ...]) -> Any:
     directory = cache_directory()
-    if directory is None:
+    # One process per host: every process must run the same program, so none may fall back alone.
+    if directory is None or jax.process_count() > 1:
       return self._plain()
     self._trees = [jax.tree.structure(arg) for arg in args[:4]]
     path = os.path.join(directory, TRACED_DIR, self._key(args) + ".bin")

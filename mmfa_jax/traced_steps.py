@@ -9,7 +9,7 @@ costs 8 s on a 2-core CPU (6.6 s tracing, 1.7 s lowering; 5.8 s more load its ca
 the exported program, so every process compiles the same module and the compilation cache hits.
 
 ``KEY`` covers everything the program depends on: the jax and jaxlib versions, every Python source
-of the ``mmfa_jax`` package, the identity the caller gives (the whole config), the mesh and the
+of the ``mmfa_jax`` package, the identity the caller gives (``config_identity``), the mesh and the
 platform, and each argument's path, shape, dtype and sharding. Anything that cannot be exported
 falls back to the plain ``jax.jit`` (logged once). ``MMFA_JAX_CACHE_DIR=none`` turns it off, and
 so does a run of several processes (each would decide alone whether it could export).
@@ -230,9 +230,12 @@ class CachedStep:
       *[jax.tree.leaves(part) for part in parts], jax.random.key_data(key)
     )
     data = exported.serialize()
-    # The skeletons first: a program file is only read with its skeletons beside it.
-    _write_atomically(path.removesuffix(".bin") + ".json", json.dumps(self._skeletons).encode())
-    _write_atomically(path, bytes(data))
+    try:  # the skeletons first: a program file is only read with its skeletons beside it
+      _write_atomically(path.removesuffix(".bin") + ".json", json.dumps(self._skeletons).encode())
+      _write_atomically(path, bytes(data))
+    except OSError as error:  # this run still uses what it traced; only the next one pays again
+      logging.warning("%s: cannot keep the traced training step (%s)", path, error)
+      return exported
     logging.info("training step traced and kept in %s (%.1f MB) in %.1f s", path,
                  len(data) / 1e6, time.perf_counter() - start)  # fmt: skip
     return exported

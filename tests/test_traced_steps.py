@@ -140,3 +140,15 @@ def test_config_identity_ignores_only_the_loop_fields():
     changed = synthetic.get_config("tiny")
     changed.update_from_flattened_dict({field: value})
     assert config_identity(changed) != base, field
+
+
+def test_an_unwritable_cache_costs_only_the_next_run(monkeypatch, tmp_path):
+  """Tracing is not repeated when the program cannot be kept: this run uses what it traced."""
+  monkeypatch.setenv("MMFA_JAX_CACHE_DIR", str(tmp_path))
+  (tmp_path / "traced").write_text("a file where the folder should be")
+  mesh = make_mesh(None)
+  TRACES.clear()
+  step = _cached(mesh)
+  got = step(*_args(mesh))
+  assert len(TRACES) == 1 and not step.loaded_from_cache
+  assert int(got[0].step) == 1 and (tmp_path / "traced").is_file()

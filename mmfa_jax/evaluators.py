@@ -11,10 +11,13 @@ to ``metrics.jsonl`` / TensorBoard beside the losses as ``eval/<name>/<metric>``
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from absl import logging
 
 PIXEL_METRICS = ("l1", "psnr", "ssim")
 
@@ -59,9 +62,15 @@ class Evaluator:
     )
 
   def run(
-    self, model_config: Any, image_size: int, variables: Mapping[str, Any], frozen: Any
+    self,
+    model_config: Any,
+    image_size: int,
+    variables: Mapping[str, Any],
+    frozen: Any,
+    max_items: int | None = None,
   ) -> dict[str, float]:
-    """``{'eval/<name>/<metric>': average}`` of the model ``variables``."""
+    """``{'eval/<name>/<metric>': average}`` of the model ``variables`` (over the first
+    ``max_items`` readable videos or pairs when given)."""
     from mmfa_jax.inference import Animator
     from mmfa_jax.scoring import Scorer
 
@@ -70,9 +79,13 @@ class Evaluator:
     )
     mode = "absolute" if self.protocol == "reconstruction" else "relative"
     scorer = Scorer(self.metrics, None, None)
+    done = 0
     for item in self.items(image_size):
       if item.source is None:  # unreadable video
         continue
+      if max_items is not None and done == max_items:
+        break
+      done += 1
       generated = np.stack(list(animator.iter_animate(item.source, item.driving, mode=mode)))
       quantised = np.round(generated * 255.0) / 255.0  # as saved 8-bit frames
       scorer.add(quantised.astype(np.float32), item.target, item.target)
@@ -109,3 +122,33 @@ def run_due(
     if evaluator.due(step, last_step):
       scalars.update(evaluator.run(config.model, config.image_size, variables, frozen))
   return scalars
+
+
+def compile_ahead(
+  evaluators: Sequence[Evaluator], config: Any, state: Any, frozen: Mapping[str, Any]
+) -> threading.Thread:
+  """Starts a thread that runs each evaluator on its first video with a copy of ``state``'s
+  variables (the training step donates the originals) and discards the result: the evaluation
+  programs compile while the main thread traces and compiles the training step, on the core XLA
+  leaves free, instead of after the first steps. ``join`` it before the first evaluation; a
+  failure is only logged (the evaluation then compiles as usual).
+
+  For runs on one device of one process: two programs in flight at once cannot then wait on
+  each other's collectives."""
+
+  def copy(x: Any) -> Any:
+    return jax.device_put(x, x.sharding, may_alias=False)
+
+  variables = jax.tree.map(copy, {"params": state.params, "batch_stats": state.batch_stats})
+  jax.block_until_ready(variables)  # copied before the caller donates the originals
+
+  def run() -> None:
+    try:
+      for evaluator in evaluators:
+        evaluator.run(config.model, config.image_size, variables, frozen, max_items=1)
+    except Exception as error:  # the real evaluation reports it, if it is real
+      logging.warning("compiling the evaluations ahead failed: %s", error)
+
+  thread = threading.Thread(target=run, name="compile-evaluations", daemon=True)
+  thread.start()
+  return thread

@@ -72,7 +72,8 @@ def main(argv: list[str]) -> None:
     return
   from mmfa_jax.data.pipeline import make_source
   from mmfa_jax.pose_train import pretrain_pose_network
-  from mmfa_jax.train import Trainer, train_and_evaluate
+  from mmfa_jax.train import Trainer
+  from mmfa_jax.train_loop import train_and_evaluate
 
   try:  # configuration problems: a clear message and exit 2, before anything is compiled
     make_source(config.data)

@@ -256,6 +256,10 @@ class Objective:
     self.variant = variant_from_config(config.model)
     self.disc_scales = tuple(float(s) for s in config.model.discriminator.scales)
 
+  @property
+  def reads_discriminator(self) -> bool:  # the GAN terms are on (else it is not trained)
+    return _gan_enabled(self.loss)
+
   # -- frozen feature extractors
   def perceptual_features(self, frozen: Mapping[str, Any]) -> tuple[Callable, tuple[float, ...]]:
     """``(features(images) -> list of feature maps, layer weights)``: VGG19's or the pixels'."""

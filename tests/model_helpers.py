@@ -80,7 +80,7 @@ def random_vae(config: Any, seed: int = 1) -> tuple[Any, dict[str, Any]]:
 def save_training_run(workdir: Any, config: Any, variables: Any, step: int = 3) -> None:
   """A training workdir (config.json + one checkpoint of ``variables``) as training writes it."""
   from mmfa_jax.checkpoints import TrainingCheckpoints
-  from mmfa_jax.train import save_config
+  from mmfa_jax.train_loop import save_config
 
   workdir.mkdir(parents=True)
   save_config(config, str(workdir))

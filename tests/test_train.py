@@ -1,5 +1,6 @@
 """Training loop on the tiny synthetic config: logs, samples, checkpoints, exact resume."""
 
+import functools
 import json
 import os
 
@@ -11,9 +12,10 @@ import pytest
 
 from configs import synthetic
 from mmfa_jax.metric_logs import read_metrics
-from mmfa_jax.objective import required_pretrained
+from mmfa_jax.objective import Objective, required_pretrained
 from mmfa_jax.sharding import make_mesh
-from mmfa_jax.train import Trainer, train_and_evaluate
+from mmfa_jax.train import Trainer
+from mmfa_jax.train_loop import train_and_evaluate
 
 STEPS = 4
 # Overrides shared by every run of this module (in-process and command line), so that the runs
@@ -129,7 +131,7 @@ def first_step(one_device_trainer):
   1-device and on an 8-device mesh: ``{devices: (metrics, generator params, discriminator params)}``.
   """
   from mmfa_jax.sharding import replicated
-  from mmfa_jax.train import make_train_iterator
+  from mmfa_jax.train_loop import make_train_iterator
 
   config = _config()
   local = next(make_train_iterator(config, config.train.seed))
@@ -401,7 +403,7 @@ def test_bfloat16_generator_loss_with_a_landmark_network(first_step):
   frame (PyTorch/numpy oracle); the other terms stay within 5 % of the float32 step's; the
   gradients are float32 and finite.
   """
-  from mmfa_jax.train import make_train_iterator
+  from mmfa_jax.train_loop import make_train_iterator
 
   config = _config()
   config.train.dtype = "bfloat16"
@@ -658,3 +660,60 @@ def test_sigkill_in_a_checkpoint_write_then_resume_equals_the_uninterrupted_run(
         checkpoints.close()
     assert _max_difference(*saved) <= 1e-6, side
   assert [r["step"] for r in read_metrics(str(workdir))] == [2, STEPS]
+
+
+def test_discriminator_is_not_trained_without_the_gan_terms(one_device_trainer):
+  """Without the GAN terms nothing the generator learns reads the discriminator: the update leaves
+  it as it came (no ``discriminator_gan``), and the MMFA step passes it through untrained."""
+  from mmfa_jax.train import adversarial_update, train_step
+  from mmfa_jax.train_state import TrainState, make_optimizer
+
+  def state(value):
+    return TrainState.create({"w": jnp.full((3,), value)}, {}, make_optimizer(0.5))
+
+  def generator_loss(params):
+    return jnp.sum(params["w"] ** 2), {"batch_stats": {}}
+
+  generator, discriminator = state(1.0), state(2.0)
+  new_generator, new_discriminator, _, facts = adversarial_update(
+    generator, discriminator, generator_loss, None
+  )
+  assert new_discriminator is discriminator
+  assert float(new_generator.params["w"][0]) < 1.0  # the generator did take its step
+  assert sorted(facts) == ["discriminator_skipped", "generator_loss", "generator_skipped"]
+  assert int(facts["discriminator_skipped"]) == 0
+
+  config = _config()
+  config.loss.update(dict(generator_gan=0.0, feature_matching=(0.0, 0.0, 0.0, 0.0)))
+  objective = Objective(config, one_device_trainer.networks)
+  assert not objective.reads_discriminator and one_device_trainer.objective.reads_discriminator
+  rng = np.random.default_rng(0)
+  frames = rng.uniform(size=(2, 8, config.image_size, config.image_size, 3)).astype(np.float32)
+  batch = {"source": frames[0], "driving": frames[1]}
+  g_shapes, d_shapes = one_device_trainer.abstract_states()
+  step = functools.partial(train_step, objective)
+  out = jax.eval_shape(step, g_shapes, d_shapes, {}, batch, jax.random.key(0))
+  assert "discriminator_gan" not in out[2] and "generator_loss" in out[2]
+  assert jax.tree.structure(out[1]) == jax.tree.structure(d_shapes)
+
+
+def test_evaluations_compile_ahead_on_a_copy_of_the_generator(one_device_trainer):
+  """``compile_ahead`` runs the evaluations on copies of the generator's arrays (the first step
+  donates them: here they are deleted at once), so the first real evaluation compiles nothing."""
+  from mmfa_jax.compilation_cache import CompileCounter
+  from mmfa_jax.evaluators import compile_ahead, make_evaluators, run_due
+
+  config = _config()
+  config.evals.test.update(dict(every_steps=2, num_videos=2, max_frames=2, batch_size=2))
+  evaluators = make_evaluators(config)
+  generator, _ = one_device_trainer.init_states()
+  thread = compile_ahead(evaluators, config, generator, one_device_trainer.frozen)
+  for leaf in jax.tree.leaves((generator.params, generator.batch_stats)):
+    leaf.delete()  # as the first training step's donation does
+  thread.join()
+  fresh, _ = one_device_trainer.init_states()
+  with CompileCounter() as compiles:
+    scalars = run_due(evaluators, config, fresh, one_device_trainer.frozen, 2, 4)
+  assert compiles.compiled == 0 and compiles.loaded == 0, compiles.summary()
+  assert sorted(scalars) == ["eval/test/l1", "eval/test/psnr", "eval/test/ssim"]
+  assert 5.0 < scalars["eval/test/psnr"] < 60.0

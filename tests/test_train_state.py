@@ -107,9 +107,9 @@ def test_update_compiles_to_few_kernels_for_many_leaves():
 
 def test_runs_saved_with_the_earlier_optimizer_layout_resume(tmp_path):
   """A checkpoint whose optimizer state has the earlier trained/frozen partition is restored
-  onto today's states by ``train.restore_states``, with the same arrays."""
+  onto today's states by ``train_loop.restore_states``, with the same arrays."""
   from mmfa_jax.checkpoints import TrainingCheckpoints
-  from mmfa_jax.train import restore_states
+  from mmfa_jax.train_loop import restore_states
 
   params = {"image_generator": _random_tree(0, [(3, 2), (4,)])}
   state = TrainState.create(params, {}, make_optimizer(0.1))

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mmfa_jax.compilation_cache import CompileCounter
 from mmfa_jax.evaluators import compile_ahead, run_due
 from mmfa_jax.metric_logs import MetricWindow, MetricWriter
 from mmfa_jax.sharding import put_replicated
@@ -100,8 +101,13 @@ def restore_states(
   return tuple(t.replace(opt_state=current_opt_state(t.opt_state)) for t in restored)
 
 
-def _evaluate(trainer: StepRunner, generator: TrainState, step: int, end: int, writer: Any) -> None:
-  """Runs the evaluators due at ``step`` (``evaluators.run_due``) and writes their values."""
+def _evaluate(
+  trainer: StepRunner, generator: TrainState, step: int, end: int, writer: Any, ahead: Any
+) -> None:
+  """Runs the evaluators due at ``step`` (``evaluators.run_due``) and writes their values, once
+  ``ahead`` (``_compile_evaluations_ahead``'s thread, or None) has compiled them."""
+  if ahead is not None:
+    ahead.join()
   scalars = run_due(trainer.evaluators, trainer.config, generator, trainer.frozen, step, end)
   if scalars:
     writer.write(step, scalars)
@@ -153,7 +159,6 @@ def train_and_evaluate(
   also holds its start-up facts (``startup_seconds``, ``compiled_programs``, ``compile_seconds``...).
   """
   from mmfa_jax.checkpoints import TrainingCheckpoints
-  from mmfa_jax.compilation_cache import CompileCounter
 
   compiles = CompileCounter().start()
   train = config.train
@@ -169,9 +174,7 @@ def train_and_evaluate(
   iterator = make_train_iterator(config, train.seed)
   generator, discriminator, step = _first_states(trainer, checkpoints, iterator)
   key = put_replicated(jax.random.key(train.seed + 1), trainer.mesh)
-  end = train.num_steps
-  if train.get("stop_after_steps"):
-    end = min(end, step + train.stop_after_steps)
+  end = min(train.num_steps, step + (train.get("stop_after_steps") or train.num_steps))
   writer = MetricWriter(workdir, enabled=is_main, resumed_step=step)
   progress = _progress_bar(step, end) if is_main and train.progress_bar and step < end else None
   window, startup = MetricWindow(), None  # start-up facts: logged with the first record
@@ -198,8 +201,7 @@ def train_and_evaluate(
         if progress is not None:
           progress.set_postfix(loss=f"{scalars[trainer.progress_metric]:.3f}")
       if trainer.evaluators:
-        ahead = ahead and ahead.join()  # the evaluations' programs are compiled
-        _evaluate(trainer, generator, step, end, writer)
+        _evaluate(trainer, generator, step, end, writer, ahead)
       if train.sample_every and (step % train.sample_every == 0 or step == end):
         _save_sample_grid(trainer, outputs, local, os.path.join(workdir, "samples"), step)
       if step % train.checkpoint_every == 0 or step == end:

@@ -13,6 +13,10 @@
 #              float32 and bfloat16, same weights;
 #   bg       - (background) the training step with --xla_gpu_autotune_level=0, cold, into the
 #              same cache, measured while the next parts run; "wait" waits for it;
+#   level1, level2, level3 - the training step compiled with --xla_gpu_autotune_level=N (1: tuned
+#              on uninitialised buffers; 2: initialised; 3: reinitialised between candidates; XLA's
+#              default 4 also checks each candidate against a reference), cold, alone, with
+#              preallocation, into its own cache: compile time, step time, and XLA's autotuning log;
 #   level0   - the training step compiled with --xla_gpu_autotune_level=0, alone on the GPU with
 #              preallocation, cold, into its own cache: compile time and what the knob costs in
 #              step time;
@@ -138,6 +142,16 @@ level0_part() {
   [ "$(left)" -gt 60 ] || return
   step level0 float32 5 MMFA_JAX_CACHE_DIR="$work/cache0" XLA_FLAGS=--xla_gpu_autotune_level=0
 }
+
+# Autotuning at a lower level: what it saves of the cold compile and what it costs in step time.
+autotune_level() {  # autotune_level N
+  [ "$(left)" -gt 100 ] || return
+  step "level$1" float32 3 MMFA_JAX_CACHE_DIR="$work/cache_l$1" \
+    XLA_FLAGS="--xla_gpu_autotune_level=$1 --xla_gpu_dump_autotune_logs_to=$RES/autotune_log_l$1.txt"
+}
+level1_part() { autotune_level 1; }
+level2_part() { autotune_level 2; }
+level3_part() { autotune_level 3; }
 
 train0_part() {
   GPU_SESSION_TRAIN_XLA_FLAGS=--xla_gpu_autotune_level=0 cache="$work/cache0" train_part

@@ -286,7 +286,8 @@ def main() -> None:
     append_json(args.json, dict(
       config=args.config, what=what, dtype=dtype, batch_size=batch, torch_s=round(torch_s, 5),
       jax_s=round(jax_s, 5), speed=round(torch_s / jax_s, 3), device=jax_device.device_kind,
-      platform=jax_device.platform, **versions, **extra,
+      platform=jax_device.platform, xla_flags=os.environ.get("XLA_FLAGS", ""), **versions,
+      **extra,
     ))  # fmt: skip
 
   for dtype in args.dtypes:

@@ -16,6 +16,7 @@ cumulative over the run, so it is the largest batch's so far).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -84,6 +85,7 @@ def main() -> None:
       frames_per_s=round(batch_size / seconds, 3),
       peak_gib=round(peak, 2),
       peak_kind=peak_kind,
+      xla_flags=os.environ.get("XLA_FLAGS", ""),
     )
     print(
       f"{batch_size:>5} {first_seconds:>10.1f} {seconds:>8.3f} {batch_size / seconds:>9.2f} "

@@ -17,6 +17,10 @@
 #              on uninitialised buffers; 2: initialised; 3: reinitialised between candidates; XLA's
 #              default 4 also checks each candidate against a reference), cold, alone, with
 #              preallocation, into its own cache: compile time, step time, and XLA's autotuning log;
+#   cmdbuf   - animation with the convolutions inside XLA's command buffers (CUDA graphs;
+#              --xla_gpu_enable_command_buffer=+CONVOLUTION) against XLA's default set:
+#              benchmarks/animate.py at batch 1 and GPU_SESSION_BATCH both ways, then
+#              against_torch.py (animation, float32 and bfloat16) with the flag;
 #   level0   - the training step compiled with --xla_gpu_autotune_level=0, alone on the GPU with
 #              preallocation, cold, into its own cache: compile time and what the knob costs in
 #              step time;
@@ -152,6 +156,21 @@ autotune_level() {  # autotune_level N
 level1_part() { autotune_level 1; }
 level2_part() { autotune_level 2; }
 level3_part() { autotune_level 3; }
+
+cmdbuf_part() {
+  [ "$(left)" -gt 120 ] || return
+  local flag=--xla_gpu_enable_command_buffer=+CONVOLUTION
+  MMFA_JAX_CACHE_DIR="$work/cache_cb0" timeout "$(left)" python3 benchmarks/animate.py \
+    --config "$torch_config" --batch-sizes 1 "$batch" --repeats 5 --json "$RES/animate_cmdbuf.jsonl" \
+    >"$RES/animate_default.log" 2>&1
+  XLA_FLAGS=$flag MMFA_JAX_CACHE_DIR="$work/cache_cb1" timeout "$(left)" python3 benchmarks/animate.py \
+    --config "$torch_config" --batch-sizes 1 "$batch" --repeats 5 --json "$RES/animate_cmdbuf.jsonl" \
+    >"$RES/animate_conv_cmdbuf.log" 2>&1
+  XLA_FLAGS=$flag XLA_PYTHON_CLIENT_PREALLOCATE=false MMFA_JAX_CACHE_DIR="$work/cache_cb1" \
+    timeout "$(left)" python3 benchmarks/against_torch.py --config "$torch_config" --no-train \
+    --batch-sizes "$batch" --dtypes float32 bfloat16 --frames 8 \
+    --json "$RES/against_torch_cmdbuf.jsonl" >"$RES/animate_cmdbuf_vs_torch.log" 2>&1
+}
 
 train0_part() {
   GPU_SESSION_TRAIN_XLA_FLAGS=--xla_gpu_autotune_level=0 cache="$work/cache0" train_part

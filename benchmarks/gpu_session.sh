@@ -5,6 +5,7 @@
 #              cache, alone on the GPU with JAX's default preallocation (compile time, step time,
 #              peak memory, XLA's memory analysis, per-function compile log), and beside it the
 #              same step compiled only with --xla_gpu_autotune_level=0 (what autotuning costs);
+#   cold     - the compile part's cold step alone (no autotune-level-0 compile beside it);
 #   warm     - the same step again in a new process with the cache the cold one filled;
 #   train    - benchmarks/against_torch.py, training step only, PyTorch reference side by side
 #              (float32 from the cache the compile part filled, then bfloat16);
@@ -108,6 +109,11 @@ compile_part() {
     XLA_FLAGS=--xla_gpu_autotune_level=0 &
   step cold float32 3 MMFA_JAX_CACHE_DIR="$cache"
   wait
+}
+
+cold_part() {
+  [ "$(left)" -gt 90 ] || return
+  step cold float32 3 MMFA_JAX_CACHE_DIR="$cache"
 }
 
 warm_part() {

@@ -290,7 +290,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
   stays until the new one is complete)."""
   import shutil
 
-  from mmfa_jax.data.video import move_into_place, staging_name
+  from mmfa_jax.atomic import move_into_place, staging_name
 
   final = args.output
   if os.path.isfile(final):

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from mmfa_jax.atomic import write_atomically
+
 # Metrics summed over a logging window (counts); every other metric is averaged.
 COUNTED_METRICS = ("generator_skipped", "discriminator_skipped", "skipped_samples")
 
@@ -65,10 +67,7 @@ class MetricWriter:
     kept = [line for line in lines if (_parse(line) or {}).get("step", step + 1) <= step]
     if len(kept) == len(lines):
       return
-    staging = f"{self.path}.partial-{os.getpid()}"
-    with open(staging, "w") as handle:
-      handle.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
-    os.replace(staging, self.path)
+    write_atomically(self.path, "".join(ln if ln.endswith("\n") else ln + "\n" for ln in kept))
     logging.info("%s: removed %d records after step %d (resumed there)", self.path,
                  len(lines) - len(kept), step)  # fmt: skip
 

@@ -21,7 +21,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +29,7 @@ import jax
 import ml_collections
 from absl import logging
 
+from mmfa_jax.atomic import write_atomically
 from mmfa_jax.compilation_cache import cache_directory
 
 FORMAT = "1"  # of the files and the key
@@ -231,8 +231,8 @@ class CachedStep:
     )
     data = exported.serialize()
     try:  # the skeletons first: a program file is only read with its skeletons beside it
-      _write_atomically(path.removesuffix(".bin") + ".json", json.dumps(self._skeletons).encode())
-      _write_atomically(path, bytes(data))
+      write_atomically(path.removesuffix(".bin") + ".json", json.dumps(self._skeletons))
+      write_atomically(path, bytes(data))
     except OSError as error:  # this run still uses what it traced; only the next one pays again
       logging.warning("%s: cannot keep the traced training step (%s)", path, error)
       return exported
@@ -250,16 +250,3 @@ class CachedStep:
     if self._jitted is None:
       self._jitted = self._build(args)
     return self._jitted.lower(*args)
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-  """``data`` to ``path`` through a staging file and a rename: readers see all of it or none."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  handle, staging = tempfile.mkstemp(prefix=".traced-", dir=os.path.dirname(path))
-  try:
-    with os.fdopen(handle, "wb") as out:
-      out.write(data)
-    os.replace(staging, path)
-  finally:
-    if os.path.exists(staging):
-      os.remove(staging)

@@ -43,10 +43,10 @@ def make_train_iterator(config: ml_collections.ConfigDict, seed: int) -> Any:
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """``WORKDIR/config.json`` (what the run was, for animation and for people)."""
+  from mmfa_jax.atomic import write_atomically
+
   path = os.path.join(workdir, "config.json")
-  with open(f"{path}.tmp", "w") as handle:
-    handle.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(f"{path}.tmp", path)
+  write_atomically(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _startup_facts(compiles: Any) -> dict[str, float]:

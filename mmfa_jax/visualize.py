@@ -98,13 +98,13 @@ def training_columns(
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> str:
-  """Writes a float [0, 1] image as 8-bit PNG (atomically: temporary file then rename)."""
+  """Writes a float [0, 1] image as 8-bit PNG (atomically, ``atomic.staged``)."""
   from PIL import Image
 
+  from mmfa_jax.atomic import staged
+
   path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   pixels = (np.clip(as_rgb(image), 0, 1) * 255 + 0.5).astype(np.uint8)
-  temporary = f"{path}.tmp"
-  Image.fromarray(pixels).save(temporary, format="PNG")
-  os.replace(temporary, path)
+  with staged(path) as staging:
+    Image.fromarray(pixels).save(staging, format="PNG")
   return path

@@ -15,6 +15,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from mmfa_jax.atomic import staged
 from mmfa_jax.data.faces import find_face_crop
 from mmfa_jax.data.video import VIDEO_SUFFIXES, FrameReadError, count_frames, read_frames
 
@@ -45,14 +46,14 @@ def prepare_clip(
   left, top, side = crop.left, crop.top, crop.side
   name = os.path.splitext(os.path.basename(path))[0] + ".mp4"
   output = os.path.join(out_root, split, name)
-  staging = output + ".partial"
-  os.makedirs(staging, exist_ok=True)
-  for index, frame in enumerate(frames):
-    crop = (np.clip(frame[top : top + side, left : left + side], 0, 1) * 255 + 0.5).astype(np.uint8)
-    Image.fromarray(crop).resize((size, size), Image.BILINEAR).save(
-      os.path.join(staging, f"{index:07d}.png")
-    )
-  os.replace(staging, output)  # a clip appears only once complete
+  with staged(output) as staging:  # a clip appears only once complete
+    os.makedirs(staging)
+    for index, frame in enumerate(frames):
+      crop = frame[top : top + side, left : left + side]
+      pixels = (np.clip(crop, 0, 1) * 255 + 0.5).astype(np.uint8)
+      Image.fromarray(pixels).resize((size, size), Image.BILINEAR).save(
+        os.path.join(staging, f"{index:07d}.png")
+      )
   return PreparedClip(path, output, num_frames)
 
 

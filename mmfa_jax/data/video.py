@@ -289,8 +289,6 @@ def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
 from mmfa_jax.data.video_writer import (  # noqa: E402, F401
   OUTPUT_FORMATS,
   VideoWriter,
-  move_into_place,
-  staging_name,
   to_uint8,
   write_image,
 )

@@ -6,12 +6,13 @@ an audio track. (Readers: ``mmfa_jax.data.video``, which also re-exports these.)
 from __future__ import annotations
 
 import os
-import shutil
 from fractions import Fraction
 
 import numpy as np
 from absl import logging
 from PIL import Image
+
+from mmfa_jax.atomic import discard, move_into_place, staged, staging_name
 
 # Containers ``VideoWriter`` writes: (PyAV format, video codec, pixel format, audio codec or None).
 OUTPUT_FORMATS = {
@@ -28,36 +29,13 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
   return (np.clip(np.asarray(frame, np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def staging_name(path: str) -> str:
-  folder, name = os.path.split(os.path.abspath(path))
-  stem, suffix = os.path.splitext(name)
-  return os.path.join(folder, f".{stem}.partial-{os.getpid()}{suffix}")
-
-
-def move_into_place(staging: str, path: str) -> None:
-  """Moves a finished staging file or folder to ``path`` (an older folder there is replaced)."""
-  if os.path.isdir(staging) and os.path.isdir(path):
-    old = f"{staging}.old"
-    os.replace(path, old)
-    os.replace(staging, path)
-    shutil.rmtree(old)
-  else:
-    os.replace(staging, path)
-
-
 def write_image(path: str | os.PathLike, frame: np.ndarray) -> str:
   """One float RGB frame to an image file (format by suffix), atomically."""
   path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-  staging = staging_name(path)
-  try:
+  with staged(path) as staging:
     Image.fromarray(to_uint8(frame)).save(
       staging, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()]
     )
-    os.replace(staging, path)
-  finally:
-    if os.path.exists(staging):
-      os.remove(staging)
   return path
 
 
@@ -225,7 +203,4 @@ class VideoWriter:
     if self._audio is not None:
       self._audio[0].close()
       self._audio = None
-    if os.path.isdir(self._staging):
-      shutil.rmtree(self._staging)
-    elif os.path.exists(self._staging):
-      os.remove(self._staging)
+    discard(self._staging)

@@ -288,9 +288,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
   Everything is written to a staging folder beside ``OUT`` and moved into place at the end: an
   interrupted or failed evaluation leaves no partial output (an earlier evaluation's ``OUT``
   stays until the new one is complete)."""
-  import shutil
-
-  from mmfa_jax.atomic import move_into_place, staging_name
+  from mmfa_jax.atomic import staged
 
   final = args.output
   if os.path.isfile(final):
@@ -304,14 +302,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
       f"{final}: a folder holding more than an evaluation ({other!r}...); name a new or empty "
       "folder, or an earlier evaluation's"
     )
-  args.output = staging_name(final)
-  os.makedirs(args.output)
   try:
-    result = _evaluate(args)
-    move_into_place(args.output, final)
-    return result
+    with staged(final) as staging:
+      os.makedirs(staging)
+      args.output = staging
+      return _evaluate(args)
   finally:
-    shutil.rmtree(args.output, ignore_errors=True)  # gone already when moved into place
     args.output = final
 
 

@@ -163,15 +163,13 @@ class StepRunner:
     self.discriminator_schedule = step_schedule(
       optim.discriminator_learning_rate, milestones, optim.decay
     )
-
-  def _optimizer(self, schedule: Any) -> Any:
-    optim = self.config.optim
-    return make_optimizer(
-      schedule,
-      b1=optim.b1,
-      b2=optim.b2,
-      eps=optim.get("eps", 1e-8),
-      clip_norm=optim.clip_norm,
+    # Made once: ``tx`` is a static field of TrainState, so every state must hold the same object
+    # (a new optimizer per ``init_states`` would be a new pytree structure, retraced and recompiled).
+    self.generator_tx, self.discriminator_tx = (
+      make_optimizer(
+        schedule, b1=optim.b1, b2=optim.b2, eps=optim.get("eps", 1e-8), clip_norm=optim.clip_norm
+      )
+      for schedule in (self.generator_schedule, self.discriminator_schedule)
     )
 
   def _abstract(self, make_states: Callable[[Any], Any], seed: Any) -> Any:
@@ -259,11 +257,9 @@ class Trainer(StepRunner):
     self, model_variables: Mapping[str, Any], disc_variables: Mapping[str, Any]
   ) -> tuple[TrainState, TrainState]:
     params, stats = model_variables["params"], model_variables.get("batch_stats", {})
-    generator = TrainState.create(params, stats, self._optimizer(self.generator_schedule))
+    generator = TrainState.create(params, stats, self.generator_tx)
     discriminator = TrainState.create(
-      disc_variables["params"],
-      disc_variables.get("batch_stats", {}),
-      self._optimizer(self.discriminator_schedule),
+      disc_variables["params"], disc_variables.get("batch_stats", {}), self.discriminator_tx
     )
     return generator, discriminator
 

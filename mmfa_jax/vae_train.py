@@ -114,14 +114,10 @@ class VAETrainer(StepRunner):
     vae_variables = self.vae.init(vae_key, features, sample_key)
     disc_variables = self.discriminator.init(disc_key, features)
 
-    def state(variables: Any, schedule: Any) -> TrainState:
-      tx = self._optimizer(schedule)
+    def state(variables: Any, tx: Any) -> TrainState:
       return TrainState.create(variables["params"], variables.get("batch_stats", {}), tx)
 
-    return (
-      state(vae_variables, self.generator_schedule),
-      state(disc_variables, self.discriminator_schedule),
-    )
+    return state(vae_variables, self.generator_tx), state(disc_variables, self.discriminator_tx)
 
   def init_states(self, seed: int | None = None) -> tuple[TrainState, TrainState]:
     """Random initial states, replicated on the mesh, compiling nothing (``evaluate_on_host``)."""

@@ -98,7 +98,11 @@ def test_train_resume_equals_uninterrupted_run(tmp_path, one_device_run, one_dev
   first, _ = train_and_evaluate(config, str(tmp_path / "resumed"), trainer=trainer)
   assert int(first.step) == 2
   config.train.stop_after_steps = None
-  resumed, _ = train_and_evaluate(config, str(tmp_path / "resumed"), trainer=trainer)
+  from mmfa_jax.compilation_cache import CompileCounter
+
+  with CompileCounter() as compiles:  # restored states: the trainer's step, not a new one
+    resumed, _ = train_and_evaluate(config, str(tmp_path / "resumed"), trainer=trainer)
+  assert compiles.compile_seconds < 10, compiles.summary()  # the step alone compiles for 70 s
   assert int(resumed.step) == STEPS
   resumed = _params(resumed)
   for a, b in zip(straight, resumed):
@@ -123,6 +127,16 @@ def test_train_resume_equals_uninterrupted_run(tmp_path, one_device_run, one_dev
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # keep_checkpoints=2
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["model"]["pose_network"] == "learned"
+
+
+def test_states_share_one_structure_and_one_compiled_step(one_device_trainer):
+  """``tx`` is a static field of the train states: every state of a trainer (fresh, another seed,
+  the restore targets) holds the same optimizer object, so one compiled step runs them all."""
+  fresh, other_seed = one_device_trainer.init_states(), one_device_trainer.init_states(seed=5)
+  restore_target = one_device_trainer.abstract_states()
+  assert jax.tree.structure(fresh) == jax.tree.structure(other_seed)
+  assert jax.tree.structure(fresh) == jax.tree.structure(restore_target)
+  assert fresh[0].tx is other_seed[0].tx is one_device_trainer.generator_tx
 
 
 @pytest.fixture(scope="module")

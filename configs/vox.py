@@ -154,6 +154,9 @@ def get_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       async_checkpoints=True,
       progress_bar=True,
+      # "auto": on the CPU the first steps run a quickly compiled program while the optimized one
+      # compiles beside them (mmfa_jax/traced_steps.py); "on" / "off" choose on any platform.
+      tiered_compilation="auto",
     )
   )
   # Evaluation during training (mmfa_jax/evaluators.py): name -> evaluator; every_steps 0 is off.

@@ -11,17 +11,27 @@ import ml_collections
 # Config counts that must be at least 1 (sample_every 0: no sample grids; num_steps 0: nothing).
 _POSITIVE = ("data.batch_size", "image_size", "train.log_every", "train.checkpoint_every")
 _NON_NEGATIVE = ("train.num_steps", "train.sample_every", "optim.learning_rate")
+_CHOICES = {"train.tiered_compilation": ("auto", "on", "off")}
+
+
+def _value(config: ml_collections.ConfigDict, name: str) -> Any:
+  section, _, field = name.rpartition(".")
+  holder = config.get(section) if section else config
+  return holder.get(field) if holder is not None else None
 
 
 def check_counts(config: ml_collections.ConfigDict) -> None:
-  """ValueError naming the first count of ``config`` outside its range (before anything is built)."""
+  """ValueError naming the first count of ``config`` outside its range, or a field that is none of
+  its choices (before anything is built)."""
   for names, least in ((_POSITIVE, 1), (_NON_NEGATIVE, 0)):
     for name in names:
-      section, _, field = name.rpartition(".")
-      holder = config.get(section) if section else config
-      value = holder.get(field) if holder is not None else None
+      value = _value(config, name)
       if value is not None and value < least:
         raise ValueError(f"config.{name}={value} must be at least {least}")
+  for name, choices in _CHOICES.items():
+    value = _value(config, name)
+    if value is not None and value not in choices:
+      raise ValueError(f"config.{name}={value!r} must be one of {', '.join(choices)}")
 
 
 def flag_error_message(argv: list[str], error: Exception) -> str:

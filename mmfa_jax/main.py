@@ -70,12 +70,14 @@ def main(argv: list[str]) -> None:
 
     train_pose_network(config, _WORKDIR.value)
     return
+  from mmfa_jax.config_checks import check_counts
   from mmfa_jax.data.pipeline import make_source
   from mmfa_jax.pose_train import pretrain_pose_network
   from mmfa_jax.train import Trainer
   from mmfa_jax.train_loop import train_and_evaluate
 
   try:  # configuration problems: a clear message and exit 2, before anything is compiled
+    check_counts(config)
     make_source(config.data)
     pretrain_pose_network(config, _WORKDIR.value)  # configs/synthetic.py: its frozen pose first
     if config.get("task", "animation") == "expression_vae":

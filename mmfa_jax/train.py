@@ -135,6 +135,17 @@ def train_step(
 # Trainer: networks + optimizers + compiled functions
 
 
+def tiered_compilation(config: ml_collections.ConfigDict) -> bool:
+  """Whether the training step compiles quickly first (``traced_steps``, tiered compilation):
+  ``config.train.tiered_compilation`` 'on', 'off' or 'auto' (the default: on where XLA compiles
+  for the CPU, whose cold start is mostly LLVM's optimizations). Runs of several processes never
+  do: each would switch programs at its own step."""
+  choice = config.train.get("tiered_compilation", "auto")  # checked by config_checks
+  if jax.process_count() > 1:
+    return False
+  return jax.default_backend() == "cpu" if choice == "auto" else choice == "on"
+
+
 class StepRunner:
   """What ``train_and_evaluate`` drives: a mesh, two train states and a compiled step.
 
@@ -188,7 +199,13 @@ class StepRunner:
       in_shardings=(rep, rep, rep, data, rep),
       out_shardings=(rep, rep, rep, data),
       identity=f"{type(self).__name__}\n{dict(self.mesh.shape)}\n{config_identity(self.config)}",
+      quick_first=tiered_compilation(self.config),
     )
+
+  @property
+  def compiled_step(self) -> CachedStep:
+    """The step's program (``traced_steps.CachedStep``: its tier, the background optimization)."""
+    return self._step
 
   @property
   def step_inputs(self) -> Any:

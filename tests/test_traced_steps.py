@@ -1,6 +1,7 @@
 """The traced-step cache (``mmfa_jax.traced_steps``): a second ``CachedStep`` of the same step reads
 the exported program instead of tracing, computes exactly what ``jax.jit`` of the step computes,
-and anything that changes the program (identity, shapes, the package's sources) gets a new entry."""
+and anything that changes the program (identity, shapes, the package's sources) gets a new entry.
+Tiered compilation: a quickly compiled program first, the optimized one from when it is ready."""
 
 import os
 
@@ -53,13 +54,14 @@ def _args(mesh):
   return generator, discriminator, step_inputs, batch, put(jax.random.key(3), rep)
 
 
-def _cached(mesh, identity="toy"):
+def _cached(mesh, identity="toy", quick_first=False, step_fn=toy_step):
   rep, data = replicated(mesh), batch_sharding(mesh)
   return CachedStep(
-    toy_step,
+    step_fn,
     in_shardings=(rep, rep, rep, data, rep),
     out_shardings=(rep, rep, rep, data),
     identity=identity,
+    quick_first=quick_first,
   )
 
 
@@ -152,3 +154,53 @@ def test_an_unwritable_cache_costs_only_the_next_run(monkeypatch, tmp_path):
   got = step(*_args(mesh))
   assert len(TRACES) == 1 and not step.loaded_from_cache
   assert int(got[0].step) == 1 and (tmp_path / "traced").is_file()
+
+
+@pytest.mark.parametrize("cache", ["none", "dir"])
+def test_tiered_steps_run_the_quick_program_then_the_optimized_one(monkeypatch, tmp_path, cache):
+  """Both tiers compile the same lowered step (2 XLA compilations, once each); the quick program
+  (LLVM unoptimized) and the optimized one compute what ``jax.jit`` of the step computes, and the
+  states chain through both (donated). A second ``CachedStep`` reads the traced step and builds
+  both tiers from it."""
+  from mmfa_jax.compilation_cache import CompileCounter
+
+  monkeypatch.setenv("MMFA_JAX_CACHE_DIR", "none" if cache == "none" else str(tmp_path))
+  mesh = make_mesh(None)
+  plain = jax.jit(toy_step)  # unsharded: not the same module (jax would reuse its executable)
+  want = plain(*_args(mesh))
+  want_again = plain(want[0], want[1], *_args(mesh)[2:])
+
+  # A function of its own: jax reuses the executables of earlier steps of the same function.
+  step = _cached(mesh, quick_first=True, step_fn=lambda *args: toy_step(*args))
+  assert step.tier == "jit" and not step.optimize_in_background()  # nothing compiled yet
+  with CompileCounter() as compiles:
+    quick = step(*_args(mesh))
+    assert step.tier == "quick" and step.quick_compile_seconds > 0
+    assert step.optimize_in_background() and not step.optimize_in_background()  # once
+    step.finish_optimizing()
+  assert step.tier == "optimized" and step.optimize_seconds > 0
+  quick_values = jax.tree.map(lambda x: np.array(x, copy=True), quick)  # no views: donation
+  optimized = step(quick[0], quick[1], *_args(mesh)[2:])
+  assert any(leaf.is_deleted() for leaf in jax.tree.leaves(quick[:2]))  # donated to it
+  assert compiles.compiled == 2, compiles.summary()
+  for got, expected in ((quick_values, want), (optimized, want_again)):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  assert int(optimized[0].step) == 2 and int(optimized[1].step) == 4
+
+  if cache == "dir":  # the next run loads both tiers
+    with CompileCounter() as again:
+      second = _cached(mesh, quick_first=True, step_fn=lambda *args: toy_step(*args))
+      second(*_args(mesh))
+      second.optimize_in_background()
+      second.finish_optimizing()
+    # One program per tier (loaded where JAX's persistent cache, 2 s threshold in the tests, kept it).
+    assert again.compiled + again.loaded == 2, again.summary()
+    assert second.loaded_from_cache and second.tier == "optimized"
+
+
+def test_untiered_steps_compile_through_jit():
+  step = _cached(make_mesh(None))
+  step(*_args(make_mesh(None)))
+  assert step.tier == "jit" and not step.optimize_in_background()
+  step.finish_optimizing()  # nothing to wait for

@@ -139,6 +139,40 @@ def test_states_share_one_structure_and_one_compiled_step(one_device_trainer):
   assert fresh[0].tx is other_seed[0].tx is one_device_trainer.generator_tx
 
 
+def test_the_optimized_step_compiles_when_it_pays_back():
+  """Tiered compilation (``traced_steps``): 'auto' is on for the CPU; the loop starts the optimized
+  compilation only when the steps left would take the quick program ``OPTIMIZE_PAYBACK`` times the
+  quick compilation's seconds."""
+  from types import SimpleNamespace
+
+  from mmfa_jax.train import tiered_compilation
+  from mmfa_jax.train_loop import OPTIMIZE_PAYBACK, _optimize_if_it_pays
+
+  config = _config()
+  assert tiered_compilation(config)  # the tests run on the CPU
+  config.train.tiered_compilation = "off"
+  assert not tiered_compilation(config)
+  config.train.tiered_compilation = "on"
+  assert tiered_compilation(config)
+
+  class Step:
+    tier, quick_compile_seconds, started = "quick", 30.0, 0
+
+    def optimize_in_background(self):
+      self.started += 1
+
+  step = Step()
+  trainer = SimpleNamespace(compiled_step=step)
+  steps_to_pay_back = int(OPTIMIZE_PAYBACK * 30.0 / 2.0)  # at 2 s per quick step
+  _optimize_if_it_pays(trainer, 2.0, steps_to_pay_back - 1)
+  assert step.started == 0
+  _optimize_if_it_pays(trainer, 2.0, steps_to_pay_back)
+  assert step.started == 1
+  step.tier = "jit"  # not tiered (another platform, several processes, 'off')
+  _optimize_if_it_pays(trainer, 2.0, 10**6)
+  assert step.started == 1
+
+
 @pytest.fixture(scope="module")
 def first_step(one_device_trainer):
   """Step 1 of the run (``init_states``, key ``seed + 1``, the first batch of the iterator) on a
@@ -333,6 +367,8 @@ def test_main_refuses_bad_command_lines_with_one_error_line(tmp_path):
     ([tiny, "--config.data.batch_size=abc"], "--config.data.batch_size=abc: invalid literal for int()"),
     ([tiny, "--config.data.batch_size=-2"], "config.data.batch_size=-2 must be at least 1"),
     ([tiny, "--config.train.log_every=0"], "config.train.log_every=0 must be at least 1"),
+    ([tiny, "--config.train.tiered_compilation=sometimes"],
+     "config.train.tiered_compilation='sometimes' must be one of auto, on, off"),
     ([f"--config={missing}"], f"No such file or directory: '{missing}'"),
     ([f"--config={broken}"], f"--config: {broken}, line 1: invalid syntax"),
     (["--config=configs/synthetic.py:huge"], "takes 'small', 'bench' or 'tiny'"),

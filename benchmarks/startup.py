@@ -13,7 +13,7 @@ animated frame, with an empty compilation cache (cold) and with the cache the co
   its cold case compiles what animation needs.
 
   python benchmarks/startup.py [--configs synthetic vox vox_face_vid2vid] [--batch-size N]
-      [--workdir DIR] [--json OUT.jsonl] [--no-animate | --no-train]
+      [--workdir DIR] [--json OUT.jsonl] [--no-animate | --no-train] [--set FIELD=VALUE ...]
 
 ``--no-train`` measures only the animate cases, of an untrained model written as a converted
 face-vid2vid directory (face_vid2vid configs), without paying for a training step's compilation.
@@ -136,6 +136,9 @@ def main() -> None:
   parser.add_argument("--workdir", help="keep runs, caches and inputs here (default: a temp dir)")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
   parser.add_argument("--json", help="append one JSON line per case to this file")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="a config override of the training cases, e.g. "
+                      "train.tiered_compilation=off (repeatable)")  # fmt: skip
   args = parser.parse_args()
 
   import jax
@@ -175,6 +178,7 @@ def _train_cases(args, name: str, config, base: str, facts: dict, rows: list) ->
     "--config.data.worker_count=0",
     "--config.train.progress_bar=False",
     *[f"--config.pretrained.{kind}={path}" for kind, path in frozen.items()],
+    *[f"--config.{setting}" for setting in args.set],
   ]
   workdir = ""
   for temperature in ("cold", "warm"):

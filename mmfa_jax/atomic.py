@@ -1,8 +1,9 @@
 """Files and folders that appear whole or not at all: the one way the package writes its outputs.
 
 A writer works on a staging path beside the final one (the same folder, so the rename cannot cross
-file systems): ``.NAME.partial-PID.SUFFIX``, hidden, named for the process, the suffix kept for
-libraries that pick a format by it. When the writer is done it is renamed into place; if it fails
+file systems): ``.NAME.partial-PID-THREAD.SUFFIX``, hidden, named for the process and the thread
+(two threads writing the same output never share a staging file), the suffix kept for libraries
+that pick a format by it. When the writer is done it is renamed into place; if it fails
 it is removed, and an older file or folder of the final name stays as it was. ``cli`` recognises
 the staging name in error messages and reports the final path instead.
 
@@ -21,14 +22,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 
 
 def staging_name(path: str | os.PathLike) -> str:
-  """The staging path of ``path``: ``FOLDER/.STEM.partial-PID.SUFFIX`` (absolute)."""
+  """The staging path of ``path`` for this thread: ``FOLDER/.STEM.partial-PID-THREAD.SUFFIX``
+  (absolute; THREAD is the native thread id)."""
   folder, name = os.path.split(os.path.abspath(os.fspath(path)))
   stem, suffix = os.path.splitext(name)
-  return os.path.join(folder, f".{stem}.partial-{os.getpid()}{suffix}")
+  writer = f"{os.getpid()}-{threading.get_native_id()}"
+  return os.path.join(folder, f".{stem}.partial-{writer}{suffix}")
 
 
 def move_into_place(staging: str, path: str | os.PathLike) -> None:
@@ -58,7 +62,7 @@ def staged(path: str | os.PathLike) -> Iterator[str]:
   ends normally and removes it when the block raises (the exception goes on)."""
   staging = staging_name(path)
   os.makedirs(os.path.dirname(staging), exist_ok=True)
-  discard(staging)  # left by an earlier process of the same id that was killed
+  discard(staging)  # left by an earlier process (and thread) of the same ids that was killed
   try:
     yield staging
     move_into_place(staging, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def test_write_atomically_writes_bytes_and_text_and_leaves_no_staging_file(tmp_p
 def test_staging_name_is_hidden_beside_the_output_and_keeps_the_suffix(tmp_path):
   staging = atomic.staging_name(tmp_path / "clip.mp4")
   assert os.path.dirname(staging) == os.fspath(tmp_path)
-  assert os.path.basename(staging) == f".clip.partial-{os.getpid()}.mp4"
+  assert os.path.basename(staging) == f".clip.partial-{os.getpid()}-{threading.get_native_id()}.mp4"
 
 
 def test_a_failed_file_write_keeps_the_older_file_and_removes_the_staging_file(tmp_path):
@@ -69,6 +70,32 @@ def test_a_staging_file_left_by_a_killed_process_of_the_same_id_is_replaced(tmp_
   os.makedirs(leftover)  # even a folder where the file goes
   atomic.write_atomically(path, b"png")
   assert path.read_bytes() == b"png" and _entries(tmp_path) == ["grid.png"]
+
+
+def test_threads_writing_one_output_at_once_do_not_share_a_staging_file(tmp_path):
+  """Both threads stage at the same time; each moves its own complete file into place (the last
+  one wins), neither fails."""
+  path = tmp_path / "log.txt"
+  both_staged = threading.Barrier(2)
+  errors = []
+
+  def write(payload):
+    try:
+      with atomic.staged(path) as staging:
+        with open(staging, "w") as handle:
+          handle.write(payload)
+        both_staged.wait(timeout=30)
+    except Exception as error:  # reported by the assertion below
+      errors.append(error)
+
+  payloads = ("a" * 1000, "b" * 1000)
+  threads = [threading.Thread(target=write, args=(payload,)) for payload in payloads]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert not errors and path.read_text() in payloads
+  assert _entries(tmp_path) == ["log.txt"]
 
 
 def test_the_package_writers_go_through_it(tmp_path):

@@ -125,13 +125,20 @@ def run_due(
 
 
 def compile_ahead(
-  evaluators: Sequence[Evaluator], config: Any, state: Any, frozen: Mapping[str, Any]
+  evaluators: Sequence[Evaluator],
+  config: Any,
+  state: Any,
+  frozen: Mapping[str, Any],
+  start: threading.Event | None = None,
 ) -> threading.Thread:
   """Starts a thread that runs each evaluator on its first video with a copy of ``state``'s
   variables (the training step donates the originals) and discards the result: the evaluation
   programs compile while the main thread traces and compiles the training step, on the core XLA
   leaves free, instead of after the first steps. ``join`` it before the first evaluation; a
   failure is only logged (the evaluation then compiles as usual).
+
+  ``start``: the thread waits for it before tracing anything (the training step's
+  ``CachedStep.lowered``: tracing needs Python's lock, XLA's compilation does not).
 
   For runs on one device of one process: two programs in flight at once cannot then wait on
   each other's collectives."""
@@ -143,6 +150,8 @@ def compile_ahead(
   jax.block_until_ready(variables)  # copied before the caller donates the originals
 
   def run() -> None:
+    if start is not None:
+      start.wait()
     try:
       for evaluator in evaluators:
         evaluator.run(config.model, config.image_size, variables, frozen, max_items=1)

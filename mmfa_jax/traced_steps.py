@@ -165,6 +165,9 @@ class CachedStep:
     self.tier = "jit"  # "quick" or "optimized" once tiered; "jit": jax.jit's own compilation
     self.quick_compile_seconds = 0.0
     self.optimize_seconds = 0.0
+    # Set once the first call has traced and lowered the step (or failed to): what runs beside
+    # the step's compilation waits for it (``evaluators.compile_ahead``).
+    self.lowered = threading.Event()
 
   def _plain(self) -> Any:
     return jax.jit(
@@ -263,6 +266,12 @@ class CachedStep:
     return exported
 
   def __call__(self, *args: Any) -> Any:
+    try:
+      return self._call(*args)
+    finally:
+      self.lowered.set()  # also when the first call failed: nothing waits forever
+
+  def _call(self, *args: Any) -> Any:
     if self._jitted is None:
       self._jitted = self._build(args)
     if self._optimizing is not None and not self._optimizing.is_alive():
@@ -270,9 +279,11 @@ class CachedStep:
     if self._program is not None:
       return self._program(*args)
     if not self.quick_first:
+      self.lowered.set()  # jax.jit traces, lowers and compiles in one call
       return self._jitted(*args)
     start = time.perf_counter()
     self._lowered = self._jitted.lower(*args)
+    self.lowered.set()
     self._program = self._lowered.compile(compiler_options=QUICK_COMPILER_OPTIONS)
     self.quick_compile_seconds = time.perf_counter() - start
     self.tier = "quick"

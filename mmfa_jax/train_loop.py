@@ -141,7 +141,9 @@ def _compile_evaluations_ahead(
   run of several devices or processes."""
   if not trainer.evaluators or step >= end or trainer.mesh.size > 1 or jax.process_count() > 1:
     return None
-  return compile_ahead(trainer.evaluators, trainer.config, generator, trainer.frozen)
+  return compile_ahead(
+    trainer.evaluators, trainer.config, generator, trainer.frozen, trainer.compiled_step.lowered
+  )
 
 
 def _save_sample_grid(
@@ -231,13 +233,23 @@ def train_and_evaluate(
       if step % train.checkpoint_every == 0 or step == end:
         checkpoints.save(step, generator, discriminator, iterator)
   finally:
-    if ahead is not None:
-      ahead.join()
-    trainer.compiled_step.finish_optimizing()
-    if startup is None:
-      compiles.stop()
-    checkpoints.close()
-    writer.close()
-    if progress is not None:
-      progress.close()
+    _close_run(trainer, ahead, compiles if startup is None else None, checkpoints, writer, progress)
   return generator, discriminator
+
+
+def _close_run(
+  trainer: StepRunner, ahead: Any, compiles: Any, checkpoints: Any, writer: Any, progress: Any
+) -> None:
+  """The end of ``train_and_evaluate``, also after a failure: threads joined (the evaluations'
+  compile-ahead, the optimized step's compilation), then the counter (when it still runs), the
+  checkpoints (waiting for an asynchronous save), the metrics and the progress bar closed."""
+  if ahead is not None:
+    trainer.compiled_step.lowered.set()  # a loop that failed before its first step
+    ahead.join()
+  trainer.compiled_step.finish_optimizing()
+  if compiles is not None:
+    compiles.stop()
+  checkpoints.close()
+  writer.close()
+  if progress is not None:
+    progress.close()

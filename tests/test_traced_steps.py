@@ -173,8 +173,10 @@ def test_tiered_steps_run_the_quick_program_then_the_optimized_one(monkeypatch, 
   # A function of its own: jax reuses the executables of earlier steps of the same function.
   step = _cached(mesh, quick_first=True, step_fn=lambda *args: toy_step(*args))
   assert step.tier == "jit" and not step.optimize_in_background()  # nothing compiled yet
+  assert not step.lowered.is_set()
   with CompileCounter() as compiles:
     quick = step(*_args(mesh))
+    assert step.lowered.is_set()  # what waits for the lowering (compile_ahead) may start
     assert step.tier == "quick" and step.quick_compile_seconds > 0
     assert step.optimize_in_background() and not step.optimize_in_background()  # once
     step.finish_optimizing()
@@ -202,5 +204,15 @@ def test_tiered_steps_run_the_quick_program_then_the_optimized_one(monkeypatch, 
 def test_untiered_steps_compile_through_jit():
   step = _cached(make_mesh(None))
   step(*_args(make_mesh(None)))
-  assert step.tier == "jit" and not step.optimize_in_background()
+  assert step.tier == "jit" and not step.optimize_in_background() and step.lowered.is_set()
   step.finish_optimizing()  # nothing to wait for
+
+
+def test_a_failed_first_step_still_releases_what_waits_for_its_lowering():
+  def broken_step(*args):
+    raise RuntimeError("a step that cannot be traced")
+
+  step = _cached(make_mesh(None), quick_first=True, step_fn=broken_step)
+  with pytest.raises(RuntimeError, match="cannot be traced"):
+    step(*_args(make_mesh(None)))
+  assert step.lowered.is_set()

@@ -71,6 +71,9 @@ def test_conv_matches_torch(torch_conv, size):
     (torch.nn.Conv3d(4, 6, 1), (4, 5, 3)),
     (torch.nn.Conv3d(4, 6, 3, stride=(2, 1, 2), padding=(0, 1, 1)), (7, 5, 6)),
     (torch.nn.Conv3d(4, 6, (2, 3, 1), stride=2, padding=(1, 0, 0), groups=2), (6, 7, 4)),
+    # depth taps that read only padding for some output depths, strided in depth
+    (torch.nn.Conv3d(3, 4, (5, 3, 3), stride=(2, 1, 1), padding=(2, 1, 1)), (4, 5, 5)),
+    (torch.nn.Conv3d(2, 3, 7, padding=3), (2, 4, 4)),  # depth 2: taps 0, 1, 5, 6 read padding
   ],
 )
 def test_conv_implementations_match_torch_values_and_gradients(torch_conv, size, implementation):

@@ -40,8 +40,23 @@ def test_appearance_ceiling_trains_and_scores_the_held_out_heads(tmp_path):
   ]
   assert records[-1]["held_out_psnr"] == pytest.approx(np.mean(psnr), abs=0.05)
   assert 3 < records[-1]["held_out_psnr"] < 40
+  blurred = records[0]["blurred_psnr"]  # more blur, lower PSNR
+  assert list(blurred) == ["1.0", "2.0", "3.0"] and blurred["1.0"] > blurred["2.0"] > blurred["3.0"]
 
 
 def test_appearance_ceiling_refuses_a_config_without_synthetic_data():
   with pytest.raises(SystemExit, match="synthetic"):
     appearance_ceiling.main(["--config=synthetic:tiny:mmfa", "--steps=0"])
+
+
+def test_blurred_psnr_is_the_psnr_of_a_hand_blurred_image():
+  """One bright pixel on black, blurred by sigma 1 (borders far away): the blurred image's
+  squared error is the kernel's (1 - w0)^2 + sum of the other w^2, w the 2D Gaussian weights."""
+  frame = np.zeros((1, 21, 21, 3))
+  frame[0, 10, 10] = 1.0
+  taps = np.exp(-0.5 * np.arange(-4, 5) ** 2)
+  taps /= taps.sum()  # scipy truncates at 4 sigma
+  weights = np.outer(taps, taps)
+  squared = np.sum(weights**2) - 2 * weights[4, 4] + 1  # sum over the kernel of (w - delta)^2
+  expected = 10 * np.log10(1 / (squared / (21 * 21)))
+  assert appearance_ceiling.blurred_psnr(frame, (1.0,))[1.0] == pytest.approx(expected, abs=1e-6)

@@ -7,9 +7,10 @@ with pixel features (``losses.multiscale_perceptual`` for MMFA's multi-scale gen
 ``losses.perceptual_pyramid`` otherwise) and the optimizer Adam with the config's learning rate
 and betas. Every ``--eval-every`` steps it prints the held-out heads' PSNR (frame 0 of
 ``--eval-heads`` heads of the evaluation seed, eval-mode BatchNorm): what the whole model could
-reach on frames that need no motion after that many steps. For scale it first prints what the held-out
-heads score against themselves blurred (Gaussian, sigma 1, 2, 3 px): an output in place but that blurred. ``python -m mmfa_jax.evaluate --data
-synthetic`` reports the same number of a real run as ``self_reconstruction``.
+reach on frames that need no motion after that many steps. For scale it first prints what the
+held-out heads score against themselves blurred (Gaussian, sigma 1, 2, 3 px): an output in place
+but that blurred. ``python -m mmfa_jax.evaluate --data synthetic`` reports the same number of a
+real run as ``self_reconstruction``.
 
   python benchmarks/appearance_ceiling.py [--config synthetic] [--steps 400] [--eval-every 50]
       [--learning-rate LR] [--batch-size B] [--output DIR] [--json OUT.jsonl]
@@ -29,15 +30,9 @@ EVAL_KEYPOINT_SEED = 1
 BLUR_SIGMAS = (1.0, 2.0, 3.0)  # pixels
 
 
-def _generator(config):
-  from mmfa_jax.models.animation import GENERATORS
-
-  generator = dict(config.model.generator)
-  kind = generator.pop("kind", "multiscale")
-  generator["dense_motion"] = dict(config.model.dense_motion)
-  if kind == "spade":
-    generator.setdefault("first_kernel_size", 3)
-  return GENERATORS[kind](**generator)
+def _generate(model, source, kp_source, kp_driving, train):
+  """``AnimationModel``'s image generator alone (the ``method`` of ``apply`` and ``init``)."""
+  return model.image_generator(source, kp_source, kp_driving, train)
 
 
 def _frames(config, eval_heads: int):
@@ -67,13 +62,14 @@ def run(args: argparse.Namespace) -> list[dict]:
   from mmfa_jax import losses
   from mmfa_jax.initialization import init_variables
   from mmfa_jax.metrics import l1, psnr
+  from mmfa_jax.models.animation import animation_model_from_config
 
   config = load_config(args.config)
   if config.data.get("source") != "synthetic":
     raise SystemExit(f"--config {args.config}: needs a synthetic-data config (data.source)")
   batch_size = args.batch_size or config.data.batch_size
   learning_rate = args.learning_rate or config.optim.learning_rate
-  generator = _generator(config)
+  model = animation_model_from_config(config.model)  # only its image generator is used
   train, held_out = _frames(config, args.eval_heads)
   rng = np.random.default_rng(0)
   num_kp = config.model.num_kp
@@ -82,7 +78,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     return generator_rng.uniform(-0.6, 0.6, (count, num_kp, 3)).astype(np.float32)  # (n, K, 3)
 
   eval_kp = keypoints(len(held_out), np.random.default_rng(EVAL_KEYPOINT_SEED))
-  variables = init_variables(generator, 0, held_out[:1], eval_kp[:1], eval_kp[:1], True)
+  variables = init_variables(
+    model, 0, held_out[:1], eval_kp[:1], eval_kp[:1], True, method=_generate
+  )
   params, stats = variables["params"], variables.get("batch_stats", {})
   tx = optax.adam(learning_rate, config.optim.b1, config.optim.b2, eps=config.optim.eps)
   opt_state = tx.init(params)
@@ -92,9 +90,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     return [images]
 
   def loss_fn(params, stats, frames, kp):
-    out, updated = generator.apply(
-      {"params": params, "batch_stats": stats}, frames, kp, kp, True, mutable=["batch_stats"]
-    )
+    out, updated = model.apply(
+      {"params": params, "batch_stats": stats},
+      frames, kp, kp, True, method=_generate, mutable=["batch_stats"],
+    )  # fmt: skip
     if "predictions" in out:
       loss = losses.multiscale_perceptual(
         pixels, out["predictions"], frames, weights, config.loss.perceptual_min_size
@@ -112,7 +111,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
   @jax.jit
   def reconstruct(params, stats, frames, kp):
-    out = generator.apply({"params": params, "batch_stats": stats}, frames, kp, kp, False)
+    variables = {"params": params, "batch_stats": stats}
+    out = model.apply(variables, frames, kp, kp, False, method=_generate)
     return out["prediction"]  # (B, S, S, 3)
 
   blurred = blurred_psnr(held_out)

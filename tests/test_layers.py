@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch_oracles import to_channels_first, to_channels_last
 
+from mmfa_jax.ops.convolution import conv3d_depth_taps
 from mmfa_jax.ops.layers import (
   BatchNorm,
   Conv,
@@ -107,6 +108,13 @@ def test_conv_implementations_match_torch_values_and_gradients(torch_conv, size,
   np.testing.assert_allclose(
     grad_kernel, np.transpose(torch_conv.weight.grad.numpy(), to_flax), atol=2e-4
   )
+
+
+def test_depth_taps_refuse_a_convolution_that_reads_only_padding():
+  inputs = jnp.ones((1, 1, 4, 4, 2))
+  kernel = jnp.ones((1, 3, 3, 2, 2))
+  with pytest.raises(ValueError, match="reads only padding"):
+    conv3d_depth_taps(inputs, kernel, (3, 1, 1), ((1, 1), (1, 1), (1, 1)))
 
 
 def test_conv_implementation_choice(monkeypatch):

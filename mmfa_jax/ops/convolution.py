@@ -133,14 +133,11 @@ def conv3d_depth_taps(
     if count < out_depth:
       partial = jnp.pad(partial, ((0, 0), (first, out_depth - 1 - last), (0, 0), (0, 0), (0, 0)))
     total = partial if total is None else total + partial  # (B, Do, Ho, Wo, out)
-  if total is None:  # every tap reads only padding
-    spatial = [
-      (n + low + high - k) // stride + 1
-      for n, (low, high), k, stride in zip(
-        (height, width), padding[1:], kernel.shape[1:3], strides[1:]
-      )
-    ]
-    return jnp.zeros((batch, out_depth, *spatial, kernel.shape[-1]), inputs.dtype)
+  if total is None:  # only when the depth padding is at least the kernel's depth
+    raise ValueError(
+      f"3D convolution of depth {depth} with kernel depth {taps}, stride {depth_stride} and depth "
+      f"padding {padding[0]}: every output reads only padding"
+    )
   return total.astype(inputs.dtype)
 
 

@@ -124,7 +124,10 @@ def edit_accuracy(
   +degrees`` rendered by the model, and the exact target (the true source motion with the angle
   moved by delta). Per attribute: L1, PSNR, SSIM of edit against target, and
   ``mean_abs_error_deg``, ``|angle(edit) - angle(target)|`` with both angles measured by the
-  model's own pose estimate (the frozen Hopenet for MMFA; its bias cancels). The edits are saved
+  model's own pose estimate (the frozen Hopenet for MMFA; its bias cancels), and
+  ``output_change``, the mean absolute pixel difference between the edits and the model's render
+  at its unedited estimate (near 0: the edit moves nothing; the exact targets differ from the
+  source by ``copy_source["l1"]``). The edits are saved
   as ``output/edits/<attribute>/<video>/000000{0,1}.png`` (-delta, +delta) and scored as saved."""
   from mmfa_jax.data.synthetic import HELD_OUT_SEED, SyntheticHeads, render_head
   from mmfa_jax.metrics import image_metrics, mean_finite
@@ -132,7 +135,7 @@ def edit_accuracy(
   heads = SyntheticHeads(seed=HELD_OUT_SEED, num_videos=num_videos)
   angles = ("yaw", "pitch", "roll")
   deltas = np.asarray([-degrees, degrees], np.float32)
-  values = {a: {"l1": [], "psnr": [], "ssim": [], "error": []} for a in angles}
+  values = {a: {"l1": [], "psnr": [], "ssim": [], "error": [], "change": []} for a in angles}
   copies = {a: {"l1": [], "psnr": [], "ssim": []} for a in angles}
   for video in range(num_videos):
     source = heads.frame(video, 0, size)
@@ -140,8 +143,10 @@ def edit_accuracy(
     truth = heads.motion(video, 0)
     for attribute in angles:
       estimate = float(getattr(animator.source_motion(state), attribute)[0])
-      keypoints = animator.edit_keypoints(state, **{attribute: estimate + deltas})
-      edited = animator.render(state, keypoints)  # (2, S, S, 3)
+      angles_rendered = np.append(estimate + deltas, estimate).astype(np.float32)
+      keypoints = animator.edit_keypoints(state, **{attribute: angles_rendered})
+      edited, unedited_render = np.split(animator.render(state, keypoints), [2])  # (2|1, S, S, 3)
+      values[attribute]["change"].append(float(np.mean(np.abs(edited - unedited_render))))
       edited = _save_frames(os.path.join(output, "edits", attribute, f"{video:03d}"), edited)
       targets = np.stack(
         [render_head(heads.identity(video), dict(truth, **{attribute: truth[attribute] + d}), size)
@@ -159,6 +164,7 @@ def edit_accuracy(
     attribute: {
       "degrees": float(degrees),
       "mean_abs_error_deg": mean_finite(values[attribute].pop("error")),
+      "output_change": mean_finite(values[attribute].pop("change")),
       **{name: mean_finite(v) for name, v in values[attribute].items()},
       "copy_source": {name: mean_finite(v) for name, v in copies[attribute].items()},
     }
@@ -269,11 +275,14 @@ def edits_markdown(edits: dict[str, dict[str, float]]) -> str:
     return ""
   degrees = next(iter(edits.values()))["degrees"]
   lines = ["", f"### Pose edits (±{degrees:g}°, synthetic)", "",
-           "| attribute | angle error (deg) ↓ | L1 ↓ | PSNR ↑ | SSIM ↑ | copy source PSNR |",
-           "|---|---|---|---|---|---|"]  # fmt: skip
+           "| attribute | angle error (deg) ↓ | L1 ↓ | PSNR ↑ | SSIM ↑ | copy source PSNR "
+           "| output change (L1) | target change (L1) |",
+           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
   for name, v in edits.items():
     cells = f"{v['mean_abs_error_deg']:.2f} | {v['l1']:.4f} | {v['psnr']:.2f} | {v['ssim']:.4f}"
-    lines.append(f"| {name} | {cells} | {v['copy_source']['psnr']:.2f} |")
+    copy = v["copy_source"]
+    change = f"{v['output_change']:.4f} | {copy['l1']:.4f}"
+    lines.append(f"| {name} | {cells} | {copy['psnr']:.2f} | {change} |")
   return "\n".join(lines) + "\n"
 
 

@@ -127,8 +127,26 @@ def train_step(
     generator_loss,
     discriminator_loss if objective.reads_discriminator else None,
   )
-  metrics = {**aux["terms"], **facts, "skipped_samples": skipped_samples(batch)}
+  metrics = {
+    **aux["terms"],
+    **facts,
+    "skipped_samples": skipped_samples(batch),
+    **motion_usage(aux["out"]["generated"]),
+  }
   return new_generator, new_discriminator, metrics, sample_outputs(aux["out"])
+
+
+def motion_usage(generated: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Whether the generator moves the source at all, from one forward pass's dense motion:
+  ``mask_background``, the mean weight of the background slot (slot 0, the identity warp) over
+  the volume and the batch, in [0, 1], and ``occlusion``, the occlusion map's mean (when there is
+  one). A background weight near 1 means the keypoints move nothing: the model copies the source
+  (README, "Learning on the synthetic heads"); a uniform mask over ``K + 1`` slots gives
+  ``1 / (K + 1)``."""
+  usage = {"mask_background": jnp.mean(generated["mask"][..., 0].astype(jnp.float32))}
+  if generated.get("occlusion_map") is not None:
+    usage["occlusion"] = jnp.mean(generated["occlusion_map"].astype(jnp.float32))
+  return usage
 
 
 # --------------------------------------------------------------------------------------------

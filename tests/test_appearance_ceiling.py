@@ -44,6 +44,56 @@ def test_appearance_ceiling_trains_and_scores_the_held_out_heads(tmp_path):
   assert list(blurred) == ["1.0", "2.0", "3.0"] and blurred["1.0"] > blurred["2.0"] > blurred["3.0"]
 
 
+def test_oracle_pairs_carry_the_true_face_points_of_their_frames():
+  """``--motion oracle``: each training pair is two frames of one head with the renderer's face
+  points of those frames; the held-out pairs drive frame 0 by frames 8, 16, ..., 56."""
+  from configs import synthetic
+  from mmfa_jax.data.synthetic import HELD_OUT_SEED, SyntheticHeads, face_points
+
+  config = synthetic.get_config("tiny")
+  config.data.synthetic.update(num_videos=2, num_frames=8)
+  pairs = appearance_ceiling.Pairs(config, "oracle", eval_heads=1)
+  heads = SyntheticHeads(0, 2, 8)
+  source, driving, kp_source, kp_driving = pairs.sample(np.random.default_rng(0), 3)
+  for i in range(3):  # which (video, frame) each sampled item is, found by its pixels
+    videos = []
+    for frames, kp in ((source[i], kp_source[i]), (driving[i], kp_driving[i])):
+      ((video, frame),) = [
+        (v, f) for v in range(2) for f in (0, 4) if np.array_equal(heads.frame(v, f, 64), frames)
+      ]
+      want = face_points(heads.identity(video), heads.motion(video, frame))[:3]
+      np.testing.assert_array_equal(kp, want)
+      videos.append(video)
+    assert videos[0] == videos[1]  # one head per pair
+  held = SyntheticHeads(seed=HELD_OUT_SEED, num_videos=1)
+  held_source, held_driving, held_kp_source, held_kp_driving = pairs.held_out
+  assert len(held_driving) == 7
+  np.testing.assert_array_equal(held_source[3], held.frame(0, 0, 64))
+  np.testing.assert_array_equal(held_driving[3], held.frame(0, 32, 64))
+  for kp, frame in ((held_kp_source[3], 0), (held_kp_driving[3], 32)):
+    np.testing.assert_array_equal(kp, face_points(held.identity(0), held.motion(0, frame))[:3])
+
+
+def test_oracle_run_reports_the_copy_source_baseline_and_the_background_weight(tmp_path):
+  from configs import synthetic
+  from mmfa_jax.data.synthetic import HELD_OUT_SEED, SyntheticHeads
+
+  records = appearance_ceiling.main(
+    ["--config=synthetic:tiny", "--motion=oracle", "--steps=1", "--eval-heads=1",
+     "--batch-size=2"]
+  )  # fmt: skip
+  held = SyntheticHeads(seed=HELD_OUT_SEED, num_videos=1)
+  size = synthetic.get_config("tiny").image_size
+  copies = [
+    10 * np.log10(1 / np.mean((held.frame(0, 0, size) - held.frame(0, f, size)) ** 2))
+    for f in range(8, 64, 8)
+  ]
+  assert records[-1]["copy_source_psnr"] == pytest.approx(np.mean(copies), abs=1e-3)
+  # 3 keypoints + the background: the initial mask is close to uniform over the 4 slots.
+  assert abs(records[0]["mask_background"] - 0.25) < 0.1
+  assert 0 <= records[-1]["mask_background"] <= 1 and records[-1]["motion"] == "oracle"
+
+
 def test_appearance_ceiling_refuses_a_config_without_synthetic_data():
   with pytest.raises(SystemExit, match="synthetic"):
     appearance_ceiling.main(["--config=synthetic:tiny:mmfa", "--steps=0"])

@@ -59,6 +59,37 @@ def test_yaw_moves_the_face_sideways():
   assert centres[0] < centres[1] - 3 and centres[2] > centres[1] + 3, centres
 
 
+def test_face_points_lie_on_the_painted_features():
+  """``face_points``: hand-computed at yaw 90 degrees, and in rendered frames of moving heads the
+  pupil points fall on pupil-coloured pixels (the renderer paints them, the points are computed
+  from the same geometry in closed form)."""
+  from mmfa_jax.data.synthetic import FACE_POINTS, Identity, face_points, render_head
+
+  identity = Identity(
+    (0.5, 0.6, 0.4), (0.8, 0.5, 0.3), (0.02, 0.02, 0.02), (0.7, 0.1, 0.2), (0.2, 0.6, 0.9)
+  )
+  still = dict(yaw=0.0, pitch=0.0, roll=0.0, tx=0.0, ty=0.0, scale=1.0)
+  nose = [n for n, _, _ in FACE_POINTS].index("nose")
+  at_rest = face_points(identity, still)[nose]
+  # u 0, v 0.12: (0, 0.12 * 0.6, 0.4 * sqrt(1 - 0.12^2)).
+  np.testing.assert_allclose(at_rest, [0, 0.072, 0.4 * np.sqrt(1 - 0.0144)], atol=1e-6)
+  turned = face_points(identity, dict(still, yaw=90.0, tx=0.1, scale=2.0))[nose]
+  # R_yaw(90) maps (x, y, z) to (z, y, -x); then scale 2 and x + 0.1.
+  np.testing.assert_allclose(turned, [2 * at_rest[2] + 0.1, 2 * at_rest[1], 0], atol=1e-6)
+
+  heads = SyntheticHeads(seed=3, num_videos=4, num_frames=64)
+  size, hits = 128, 0
+  for video in range(4):
+    for frame in (0, 21, 42):
+      motion = dict(heads.motion(video, frame), blink=0.0)
+      image = render_head(identity, motion, size)
+      for name in ("left_pupil", "right_pupil"):
+        x, y, _ = face_points(identity, motion)[[n for n, _, _ in FACE_POINTS].index(name)]
+        column, row = ((np.array([x, y]) + 1) * size / 2).astype(int)  # the pixel it lies in
+        hits += bool(image[row, column].max() < 0.1)  # the pupils' colour, shaded
+  assert hits == 24
+
+
 def test_image_modes_convert(tmp_path):
   rgb = (np.random.default_rng(0).random((6, 5, 3)) * 255).astype(np.uint8)
   Image.fromarray(rgb).save(tmp_path / "rgb.png")

@@ -127,14 +127,25 @@ def test_cross_identity_on_synthetic_heads_against_exact_targets(model_dir, tmp_
 
   # Pose edits by +-20 degrees, saved and scored against the renderer's exact target.
   from mmfa_jax.data.synthetic import render_head
+  from mmfa_jax.inference import Animator
 
+  animator = Animator.from_checkpoint(str(model_dir), batch_size=2)
   heads = SyntheticHeads(seed=HELD_OUT_SEED, num_videos=2)
   assert set(result["edits"]) == {"yaw", "pitch", "roll"}
   for attribute, scores in result["edits"].items():
     assert scores["degrees"] == 20.0 and scores["mean_abs_error_deg"] >= 0
-    psnr, copy_psnr = [], []
+    psnr, copy_psnr, change = [], [], []
     for video in range(2):
       truth = heads.motion(video, 0)
+      # output_change: the saved edits against the render at the model's own unedited angle.
+      state = animator.encode_source(heads.frame(video, 0, SIZE))
+      estimate = np.asarray(getattr(animator.source_motion(state), attribute), np.float32)
+      unedited = animator.render(state, animator.edit_keypoints(state, **{attribute: estimate}))
+      saved = [
+        read_image(str(out / "edits" / attribute / f"{video:03d}" / f"{index:07d}.png"))
+        for index in range(2)
+      ]
+      change.append(np.mean(np.abs(np.stack(saved) - unedited)))
       for index, delta in enumerate((-20.0, 20.0)):
         moved = dict(truth, **{attribute: truth[attribute] + delta})
         want = render_head(heads.identity(video), moved, SIZE)
@@ -144,7 +155,9 @@ def test_cross_identity_on_synthetic_heads_against_exact_targets(model_dir, tmp_
         copy_psnr.append(peak_signal_noise_ratio(want, source, data_range=1.0))
     assert scores["psnr"] == pytest.approx(np.mean(psnr), abs=1e-3), attribute
     assert scores["copy_source"]["psnr"] == pytest.approx(np.mean(copy_psnr), abs=1e-3)
+    assert scores["output_change"] == pytest.approx(np.mean(change), abs=1 / 255), attribute
   assert "Pose edits" in (out / "table.md").read_text()
+  assert "output change (L1)" in (out / "table.md").read_text()
 
 
 def test_default_pairs_take_another_identity():

@@ -201,7 +201,15 @@ def first_step(one_device_trainer):
 
 
 OPTIM_LEARNING_RATE = synthetic.get_config("tiny").optim.learning_rate
-LOSSES = ("generator_loss", "perceptual", "equivariance", "feature_matching", "discriminator_gan")
+LOSSES = (
+  "generator_loss",
+  "perceptual",
+  "equivariance",
+  "feature_matching",
+  "discriminator_gan",
+  "mask_background",
+  "occlusion",
+)
 
 
 def _assert_same_step(metrics_a, params_a, metrics_b, params_b):
@@ -227,6 +235,29 @@ def test_one_step_on_eight_devices_matches_one_device(first_step):
   """
   (metrics_1, gen_1, disc_1), (metrics_8, gen_8, disc_8) = first_step[1], first_step[8]
   _assert_same_step(metrics_1, (gen_1, disc_1), metrics_8, (gen_8, disc_8))
+
+
+@pytest.mark.slow
+def test_motion_usage_reads_the_background_slot_and_the_occlusion_map(first_step):
+  """``mask_background`` is the mean of mask slot 0; at step 1 (initial weights) the dense motion's
+  softmax is close to uniform over the K + 1 slots, and the occlusion map close to its sigmoid's
+  middle."""
+  from mmfa_jax.train import motion_usage
+
+  mask = np.zeros((2, 1, 2, 2, 4), np.float32)
+  mask[..., 0] = [[[0.5, 1.0], [0.0, 0.25]]]
+  mask[..., 1] = 1 - mask[..., 0]
+  occlusion = np.full((2, 2, 2, 1), 0.2, np.float32)
+  usage = motion_usage({"mask": jnp.asarray(mask), "occlusion_map": jnp.asarray(occlusion)})
+  assert float(usage["mask_background"]) == pytest.approx(0.4375)
+  assert float(usage["occlusion"]) == pytest.approx(0.2)
+  assert set(motion_usage({"mask": jnp.asarray(mask), "occlusion_map": None})) == {
+    "mask_background"
+  }
+  metrics = first_step[1][0]
+  num_slots = _config().model.num_kp + 1
+  assert abs(float(metrics["mask_background"]) - 1 / num_slots) < 0.1
+  assert 0.2 < float(metrics["occlusion"]) < 0.8
 
 
 def _main(*args, devices=None, wait=True, cache="none"):

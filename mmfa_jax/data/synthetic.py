@@ -114,6 +114,36 @@ class SyntheticHeads:
     return np.stack([self.frame(video, f, size) for f in range(self.num_frames)])
 
 
+# Points painted on every head, in normalised face coordinates (u across, v down; the renderer's
+# ``q / radii``): pupils, brow centres, nose, mouth corners and centre at rest, chin, forehead.
+FACE_POINTS = (
+  ("left_pupil", -0.38, -0.12),
+  ("right_pupil", 0.38, -0.12),
+  ("left_brow", -0.38, -0.42),
+  ("right_brow", 0.38, -0.42),
+  ("nose", 0.0, 0.12),
+  ("left_mouth", -0.3, 0.45),
+  ("right_mouth", 0.3, 0.45),
+  ("mouth", 0.0, 0.45),
+  ("chin", 0.0, 0.8),
+  ("forehead", 0.0, -0.7),
+)
+
+
+def face_points(identity: Identity, motion: dict[str, float]) -> np.ndarray:
+  """``(len(FACE_POINTS), 3)`` float32: where ``FACE_POINTS`` lie on this head's surface in one
+  frame, in the renderer's camera coordinates: x right and y down in [-1, 1] image units (the
+  image's edges; pixel i's centre at ``(2 i + 1) / size - 1``), z towards the camera, same units.
+  Rigid motion only (pose, scale, translation): the points do not follow expressions."""
+  radii = np.asarray(identity.radii)
+  uv = np.asarray([(u, v) for _, u, v in FACE_POINTS])
+  front = np.sqrt(np.clip(1 - np.sum(uv**2, -1), 0, 1))  # on the ellipsoid, facing the camera
+  local = np.concatenate([uv, front[:, None]], -1) * radii  # (P, 3) head coordinates
+  rotation = _rotation(motion["yaw"], motion["pitch"], motion["roll"])
+  camera = motion["scale"] * local @ rotation.T + np.array([motion["tx"], motion["ty"], 0.0])
+  return camera.astype(np.float32)
+
+
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
   """R = R_pitch(x) R_yaw(y) R_roll(z), degrees (same convention as ops.rotation)."""
   y, p, r = (math.radians(a) for a in (yaw, pitch, roll))

@@ -138,6 +138,9 @@ def get_config() -> ml_collections.ConfigDict:
       eps=1e-8,  # Adam's epsilon (PyTorch's default, as the reference)
       decay_at=(0.6,),  # fractions of train.num_steps
       decay=0.1,
+      # Linear warm-up over the first updates (0: none, as the reference): Adam's first steps move
+      # every weight by about the learning rate, which can saturate the dense motion's mask.
+      warmup_steps=0,
       clip_norm=ml_collections.config_dict.placeholder(float),
     )
   )

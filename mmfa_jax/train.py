@@ -188,9 +188,10 @@ class StepRunner:
       )
     optim = config.optim
     milestones = [round(f * config.train.num_steps) for f in optim.decay_at]
-    self.generator_schedule = step_schedule(optim.learning_rate, milestones, optim.decay)
+    warmup = optim.get("warmup_steps", 0)
+    self.generator_schedule = step_schedule(optim.learning_rate, milestones, optim.decay, warmup)
     self.discriminator_schedule = step_schedule(
-      optim.discriminator_learning_rate, milestones, optim.decay
+      optim.discriminator_learning_rate, milestones, optim.decay, warmup
     )
     # Made once: ``tx`` is a static field of TrainState, so every state must hold the same object
     # (a new optimizer per ``init_states`` would be a new pytree structure, retraced and recompiled).

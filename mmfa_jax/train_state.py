@@ -39,20 +39,27 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def step_schedule(
-  learning_rate: float, milestones: Sequence[int] = (), decay: float = 0.1
+  learning_rate: float, milestones: Sequence[int] = (), decay: float = 0.1, warmup_steps: int = 0
 ) -> optax.Schedule:
-  """The reference's MultiStepLR: ``learning_rate`` times ``decay`` from each milestone on (steps).
+  """The reference's MultiStepLR: ``learning_rate`` times ``decay`` from each milestone on (steps),
+  and, when ``warmup_steps`` > 0 (not in the reference), times ``(count + 1) / warmup_steps``
+  for the first ``warmup_steps`` updates (count 0 is the first update).
 
   Traced counts use optax's piecewise-constant schedule; a plain int (the loop logging the rate)
   is answered in Python, so logging compiles nothing.
   """
+  if warmup_steps < 0:
+    raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
   boundaries = {int(m): decay for m in milestones}
   traced = optax.piecewise_constant_schedule(learning_rate, boundaries)
 
   def schedule(count: Any) -> Any:
     if isinstance(count, int | np.integer):
-      return learning_rate * decay ** sum(count >= boundary for boundary in boundaries)
-    return traced(count)
+      rate = learning_rate * decay ** sum(count >= boundary for boundary in boundaries)
+      return rate * min(1.0, (count + 1) / warmup_steps) if warmup_steps else rate
+    if not warmup_steps:
+      return traced(count)
+    return traced(count) * jnp.minimum(1.0, (count + 1) / warmup_steps)
 
   return schedule
 

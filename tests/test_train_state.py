@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from mmfa_jax.train_state import (
   TrainState,
@@ -30,6 +31,21 @@ def test_step_schedule_decays_at_milestones():
   np.testing.assert_allclose([schedule(s) for s in steps], want, rtol=1e-6)
   traced = jax.jit(jax.vmap(schedule))(jnp.asarray(steps, jnp.int32))
   np.testing.assert_allclose(np.asarray(traced), want, rtol=1e-6)
+
+
+def test_step_schedule_warms_up_linearly_then_decays():
+  schedule = step_schedule(1e-3, milestones=(6,), decay=0.5, warmup_steps=4)
+  steps = [0, 1, 3, 4, 5, 6, 9]
+  want = [2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4]
+  np.testing.assert_allclose([schedule(s) for s in steps], want, rtol=1e-6)
+  traced = jax.jit(jax.vmap(schedule))(jnp.asarray(steps, jnp.int32))
+  np.testing.assert_allclose(np.asarray(traced), want, rtol=1e-6)
+  # Adam's first update with a warm-up moves a parameter by the first step's rate.
+  state = TrainState.create({"w": jnp.ones(2)}, {}, make_optimizer(schedule))
+  state, _ = apply_gradients(state, {"w": jnp.ones(2)}, {})
+  np.testing.assert_allclose(state.params["w"], np.full(2, 1 - 2.5e-4), rtol=1e-6)
+  with pytest.raises(ValueError, match="warmup_steps"):
+    step_schedule(1e-3, warmup_steps=-1)
 
 
 def test_every_parameter_trains():

@@ -57,6 +57,7 @@ def _frozen_directories(config, directory: str) -> dict[str, str]:
   made = {}
   for kind in required_pretrained(config):
     module = getattr(networks, kind)
+    module = module.detector if kind == "landmarks" else module  # objective.LandmarkNetwork
     image = np.zeros((1, 224 if kind == "hopenet" else size, 224 if kind == "hopenet" else size, 3))
     path = os.path.join(directory, kind)
     if not os.path.isdir(path):

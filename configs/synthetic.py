@@ -29,6 +29,10 @@ from configs import vox
 
 VARIANTS = ("mmfa", "face_vid2vid")  # of "tiny:VARIANT"
 POSE_PRETRAINING_STEPS = 400  # of 32 frames: about 6 minutes on a 2-core CPU
+LANDMARK_PRETRAINING_STEPS = 600  # of 32 frames
+# Landmark-loss weight of each data.synthetic.FACE_POINTS point (mmfa_delta 10: eyes and brows 2,
+# mouth 2, the rest 1): pupils, brows, nose, mouth corners and centre, chin, forehead.
+LANDMARK_POINT_WEIGHTS = (2.0, 2.0, 2.0, 2.0, 1.0, 2.0, 2.0, 2.0, 1.0, 1.0)
 
 
 def get_config(arg: str = "small") -> ml_collections.ConfigDict:
@@ -63,7 +67,18 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   config.pose_pretraining = dict(num_steps=POSE_PRETRAINING_STEPS)
   _networks(model, tiny)
 
+  # The frozen landmark detector of MMFA's landmark loss (eq. 9), pretrained on the heads' true
+  # face points by the same command first (WORKDIR/landmark_network; mmfa_jax/landmark_train.py)
+  # unless --config.pretrained.landmarks names one; the tests' tiny size runs without the term.
+  model.landmarks = dict(
+    point_weights=LANDMARK_POINT_WEIGHTS, input_size=64, block_expansion=16, max_features=128,
+    down_blocks=3, up_blocks=2,
+  )  # fmt: skip
+  config.pretrained.landmarks = ml_collections.config_dict.placeholder(str)
+  config.landmark_pretraining = dict(num_steps=LANDMARK_PRETRAINING_STEPS)
+
   config.loss.update(dict(perceptual_features="pixels", vggface=0.0, perceptual_min_size=16))
+  config.loss.landmark = 0.0 if tiny else 10.0
   if not tiny:  # the tests' tiny size keeps every term of MMFA's objective
     config.loss.update(dict(generator_gan=0.0, feature_matching=(0.0, 0.0, 0.0, 0.0)))
   config.optim.update(dict(learning_rate=5e-4, discriminator_learning_rate=5e-4, decay_at=(0.8,)))

@@ -27,7 +27,7 @@ import mmfa_jax
 
 METADATA_FILE = "metadata.json"
 ARRAYS_DIR = "arrays"
-KINDS = ("hopenet", "vgg19", "vggface", "face_vid2vid", "lpips", "inception")
+KINDS = ("hopenet", "vgg19", "vggface", "face_vid2vid", "lpips", "inception", "landmarks")
 MODEL_KIND = "face_vid2vid"  # the converted kind that holds a whole animation model
 
 
@@ -171,6 +171,18 @@ CONVERT_HINT = {
   "vgg19": "vgg19-dcbb9e9d.pth",
   "vggface": "vgg_face_dag.pth",
 }
+# Where a frozen network that is trained, not converted, comes from.
+TRAIN_HINT = {"landmarks": "train one with configs/synthetic_landmarks.py (synthetic heads)"}
+
+
+def _unset_hint(kind: str) -> str:
+  if kind in TRAIN_HINT:
+    return f"config.pretrained.{kind} is not set: {TRAIN_HINT[kind]}, then pass its DIR/{kind}"
+  return (
+    f"config.pretrained.{kind} is not set: convert {CONVERT_HINT[kind]} with "
+    f"`python tools/convert_torch_weights.py {kind} --input FILE --output DIR` and pass "
+    f"--config.pretrained.{kind}=DIR"
+  )
 
 
 def load_pretrained(
@@ -185,11 +197,7 @@ def load_pretrained(
   for kind in kinds:
     directory = pretrained.get(kind) if hasattr(pretrained, "get") else None
     if not directory:
-      problems.append(
-        f"config.pretrained.{kind} is not set: convert {CONVERT_HINT[kind]} with "
-        f"`python tools/convert_torch_weights.py {kind} --input FILE --output DIR` and pass "
-        f"--config.pretrained.{kind}=DIR"
-      )
+      problems.append(_unset_hint(kind))
       continue
     try:
       read_kind = read_metadata(directory).get("kind")

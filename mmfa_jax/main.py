@@ -70,8 +70,14 @@ def main(argv: list[str]) -> None:
 
     train_pose_network(config, _WORKDIR.value)
     return
+  if config.get("task") == "landmarks":  # configs/synthetic_landmarks.py: minutes, no data set
+    from mmfa_jax.landmark_train import train_landmark_network
+
+    train_landmark_network(config, _WORKDIR.value)
+    return
   from mmfa_jax.config_checks import check_counts
   from mmfa_jax.data.pipeline import make_source
+  from mmfa_jax.landmark_train import pretrain_landmark_network
   from mmfa_jax.pose_train import pretrain_pose_network
   from mmfa_jax.train import Trainer
   from mmfa_jax.train_loop import train_and_evaluate
@@ -80,6 +86,7 @@ def main(argv: list[str]) -> None:
     check_counts(config)
     make_source(config.data)
     pretrain_pose_network(config, _WORKDIR.value)  # configs/synthetic.py: its frozen pose first
+    pretrain_landmark_network(config, _WORKDIR.value)  # and its frozen landmark detector
     if config.get("task", "animation") == "expression_vae":
       from mmfa_jax.vae_train import VAETrainer
 

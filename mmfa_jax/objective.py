@@ -22,6 +22,7 @@ from mmfa_jax import losses
 from mmfa_jax.models.animation import DTYPES, AnimationModel, animation_model_from_config
 from mmfa_jax.models.discriminator import MultiScaleDiscriminator
 from mmfa_jax.models.hopenet import Hopenet, hopenet_head_pose
+from mmfa_jax.models.landmarks import landmarks_from_config
 from mmfa_jax.models.perceptual import VGG19, VGG19_MIN_SIZE, VGGFace
 from mmfa_jax.models.variants import Variant, variant_from_config
 from mmfa_jax.ops.layers import sequential_running_statistics
@@ -54,6 +55,8 @@ def required_pretrained(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     )
   if config.loss.vggface > 0:
     kinds.append("vggface")
+  if config.loss.landmark > 0 and "landmarks" in config.model:  # the built-in detector
+    kinds.append("landmarks")
   if "vgg19" in kinds:
     _check_vgg19_sizes(config)
   return tuple(kinds)
@@ -97,10 +100,10 @@ class Networks:
     disc = dict(config.model.discriminator)
     disc["scales"] = tuple(float(s) for s in disc["scales"])
     if config.loss.landmark > 0 and landmarks is None:
-      raise ValueError(
-        "config.loss.landmark > 0 needs a frozen landmark network "
-        "(Trainer(config, landmarks=...)); none is configured"
-      )
+      if "landmarks" not in config.model:
+        raise ValueError("config.loss.landmark > 0 needs a frozen landmark network: "
+                         "config.model.landmarks or Trainer(config, landmarks=...)")  # fmt: skip
+      landmarks = landmarks_from_config(config.model, dtype=dtype)
     return cls(
       model=animation_model_from_config(config.model, dtype=dtype),
       discriminator=MultiScaleDiscriminator(**disc, dtype=dtype),
@@ -120,10 +123,8 @@ def _motion_of_each(
   (``ops.layers.sequential_running_statistics``). Returns ``(outputs with the leading axis,
   new batch_stats)``.
 
-  The networks are traced once instead of N times and each kernel sees N times the batch (the
-  synthetic config's compiled CPU step has 141 convolutions instead of 316; tracing and lowering
-  take 9.5 s instead of 11-13 s). XLA's compile time does not change: it already compiled each
-  distinct kernel once.
+  The networks are traced once instead of N times (the synthetic CPU step: 141 convolutions
+  instead of 316, tracing and lowering 9.5 s instead of 11-13 s; XLA's compile time unchanged).
   """
 
   def one(*args: Any) -> tuple[Any, Any]:
@@ -342,10 +343,9 @@ class Objective:
 
 @dataclasses.dataclass
 class TermInputs:
-  """What the generator's loss terms read: the batch, this step's training forward pass
-  (``training_forward``'s outputs, float32), the TPS transform of the equivariance loss, the
-  frozen networks and the discriminator, run once on the prediction and once on the driving frame
-  (``discriminated``, on first use; its statistics advance fake then real)."""
+  """What the generator's loss terms read: the batch, ``training_forward``'s outputs (float32),
+  the equivariance loss's TPS transform, the frozen networks and the discriminator, run on the
+  prediction then the driving frame (``discriminated``, on first use, statistics in that order)."""
 
   objective: Objective
   batch: Mapping[str, jax.Array]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -118,19 +119,62 @@ def pose_loss(
   return sum(terms[f"{name}_loss"] for name in ANGLES), terms
 
 
-def render_set(seed: int, videos: int, frames: int, size: int, stride: int = 1) -> tuple:
-  """Synthetic frames (uint8 ``(N, S, S, 3)``) and their (yaw, pitch, roll) ``(N, 3)``: ``videos``
-  identities of collection ``seed``, ``frames`` frames each (every ``stride``-th)."""
+def pose_angles(heads: Any, video: int, frame: int) -> list[float]:
+  """The (yaw, pitch, roll) of one synthetic frame, degrees."""
+  motion = heads.motion(video, frame)
+  return [motion[name] for name in ANGLES]
+
+
+def render_set(
+  seed: int,
+  videos: int,
+  frames: int,
+  size: int,
+  stride: int = 1,
+  target: Callable[[Any, int, int], Any] = pose_angles,
+) -> tuple:
+  """Synthetic frames (uint8 ``(N, S, S, 3)``) and their targets (float32 ``(N, ...)``,
+  ``target(heads, video, frame)``, by default (yaw, pitch, roll)): ``videos`` identities of
+  collection ``seed``, ``frames`` frames each (every ``stride``-th)."""
   from mmfa_jax.data.synthetic import SyntheticHeads
 
   heads = SyntheticHeads(seed=seed, num_videos=videos, num_frames=frames * stride)
-  images, angles = [], []
+  images, targets = [], []
   for video in range(videos):
     for frame in range(0, frames * stride, stride):
       images.append(np.round(heads.frame(video, frame, size) * 255).astype(np.uint8))
-      motion = heads.motion(video, frame)
-      angles.append([motion[name] for name in ANGLES])
-  return np.stack(images), np.asarray(angles, np.float32)
+      targets.append(target(heads, video, frame))
+  return np.stack(images), np.asarray(targets, np.float32)
+
+
+def fit(
+  step: Callable[..., tuple], state: Any, images: np.ndarray, targets: np.ndarray,
+  settings: Any, workdir: str, name: str,
+) -> Any:  # fmt: skip
+  """``settings.num_steps`` calls of ``step(state, images, targets) -> (state, metrics)`` on
+  random batches of ``settings.batch_size`` rows (seed ``settings.seed``), with a progress bar
+  and the metrics' averages every ``settings.log_every`` steps in ``WORKDIR/metrics.jsonl``
+  (``metrics[f"{name}_loss"]`` shown on the bar). Returns the last state."""
+  from tqdm import tqdm
+
+  from mmfa_jax.metric_logs import MetricWriter
+
+  rng = np.random.default_rng(settings.seed)
+  writer = MetricWriter(workdir)
+  window: list[dict[str, float]] = []
+  with tqdm(total=settings.num_steps, desc=name, unit="step", dynamic_ncols=True) as progress:
+    for index in range(1, settings.num_steps + 1):
+      rows = rng.integers(len(images), size=settings.batch_size)
+      state, metrics = step(state, images[rows], targets[rows])
+      window.append(metrics)
+      progress.update(1)
+      if index % settings.log_every == 0 or index == settings.num_steps:
+        averages = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
+        writer.write(index, averages)
+        progress.set_postfix(loss=f"{averages[f'{name}_loss']:.3f}")
+        window = []
+  writer.close()
+  return state
 
 
 class PoseTrainer:
@@ -191,10 +235,7 @@ class PoseTrainer:
 
 def train_pose_network(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and writes the pose network (module docstring); returns ``pose_metrics.json``."""
-  from tqdm import tqdm
-
   from mmfa_jax.checkpoints import save_converted
-  from mmfa_jax.metric_logs import MetricWriter
 
   pose, size = config.pose, config.image_size
   workdir = os.path.abspath(workdir)
@@ -209,22 +250,7 @@ def train_pose_network(config: ml_collections.ConfigDict, workdir: str) -> dict[
     HELD_OUT_SEED, pose.held_out_videos, pose.held_out_frames, size, 4
   )
   trainer = PoseTrainer(config)
-  state = trainer.init_state(pose.seed)
-  rng = np.random.default_rng(pose.seed)
-  writer = MetricWriter(workdir)
-  window: list[dict[str, float]] = []
-  with tqdm(total=pose.num_steps, desc="pose", unit="step", dynamic_ncols=True) as progress:
-    for step in range(1, pose.num_steps + 1):
-      rows = rng.integers(len(images), size=pose.batch_size)
-      state, metrics = trainer.step(state, images[rows], angles[rows])
-      window.append(metrics)
-      progress.update(1)
-      if step % pose.log_every == 0 or step == pose.num_steps:
-        averages = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
-        writer.write(step, averages)
-        progress.set_postfix(loss=f"{averages['pose_loss']:.3f}")
-        window = []
-  writer.close()
+  state = fit(trainer.step, trainer.init_state(pose.seed), images, angles, pose, workdir, "pose")
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   result = {
     "steps": pose.num_steps,

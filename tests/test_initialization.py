@@ -27,6 +27,7 @@ from mmfa_jax.models import (
   animation_model_from_config,
   motion_estimator_from_config,
 )
+from mmfa_jax.models.landmarks import LandmarkDetector
 from mmfa_jax.models.motion import zero_head_pose
 from mmfa_jax.ops.layers import Conv
 from mmfa_jax.ops.pyramid import image_pyramid
@@ -69,6 +70,7 @@ def _families():
       MultiScaleDiscriminator(**disc),
       (image_pyramid(jnp.asarray(image), disc["scales"]),),
     ),
+    ("landmarks", LandmarkDetector(**_detector_settings()), (image,)),
     ("vgg19", VGG19(), (image,)),
     ("vggface", VGGFace(), (image,)),
     (
@@ -82,6 +84,11 @@ def _families():
       (np.zeros((2, 12), np.float32),),
     ),
   ]
+
+
+def _detector_settings():
+  settings = dict(synthetic.get_config("tiny").model.landmarks)
+  return dict(settings, num_points=len(settings.pop("point_weights")), max_features=16)
 
 
 FAMILIES = _families()

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from mmfa_jax.models.blocks import KPHourglass
 from mmfa_jax.ops.grid_sample import make_coordinate_grid
+from mmfa_jax.ops.keypoints import soft_argmax
 from mmfa_jax.ops.layers import Conv
 from mmfa_jax.ops.pyramid import antialias_downsample
 
@@ -49,9 +50,6 @@ class KPDetector(nn.Module):
     )(x, train)  # (B, D, h, w, block_expansion)
     logits = Conv(self.num_kp, (3, 3, 3), padding=1, dtype=self.dtype, name="kp")(feature)
     logits = logits.astype(jnp.float32)  # (B, D, h, w, K)
-    batch, *spatial, num_kp = logits.shape
-    flat = logits.reshape(batch, -1, num_kp) / self.temperature  # (B, D*h*w, K)
-    heatmap = jax.nn.softmax(flat, axis=1).reshape(logits.shape)
-    grid = make_coordinate_grid(spatial)  # (D, h, w, 3)
-    value = jnp.einsum("bdhwk,dhwc->bkc", heatmap, grid)  # (B, K, 3)
+    grid = make_coordinate_grid(logits.shape[1:4])  # (D, h, w, 3)
+    value, heatmap = soft_argmax(logits / self.temperature, grid)  # (B, K, 3), (B, D, h, w, K)
     return {"value": value, "heatmap": heatmap}

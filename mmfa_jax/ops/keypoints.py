@@ -107,6 +107,24 @@ def adapt_movement_scale(
   return np.asarray(scales, np.float32)
 
 
+def soft_argmax(logits: jax.Array, grid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Keypoints as heatmap-weighted means of grid coordinates (a differentiable argmax).
+
+  Args:
+    logits: ``(B, *S, K)``, one map per keypoint (temperature already applied).
+    grid: ``(*S, n)``, the coordinates of each position.
+
+  Returns:
+    ``(keypoints (B, K, n), heatmaps (B, *S, K))``: the softmax of each map over its positions
+    and the expected coordinates under it.
+  """
+  batch, num_kp = logits.shape[0], logits.shape[-1]
+  flat = logits.reshape(batch, -1, num_kp)  # (B, prod(S), K)
+  heatmap = jax.nn.softmax(flat, axis=1)
+  keypoints = jnp.einsum("bsk,sc->bkc", heatmap, grid.reshape(-1, grid.shape[-1]))  # (B, K, n)
+  return keypoints, heatmap.reshape(logits.shape)
+
+
 def gaussian_heatmaps(
   keypoints: jax.Array, spatial_shape: Sequence[int], variance: float = 0.01
 ) -> jax.Array:

@@ -41,6 +41,9 @@ def _frozen_variables(nets, config) -> dict:
       frozen[kind] = init_variables(
         getattr(nets, kind), 0, np.zeros((1, size, size, 3), np.float32)
       )
+  if nets.landmarks is not None:  # the built-in landmark detector (config.model.landmarks)
+    image = np.zeros((1, size, size, 3), np.float32)
+    frozen["landmarks"] = init_variables(nets.landmarks.detector, 0, image)
   return frozen
 
 

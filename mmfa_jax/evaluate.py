@@ -23,7 +23,8 @@ prediction of every frame: the floor any model must beat), in reconstruction ``s
 (the scores of frame 0 alone, the source driven by itself: what the appearance path reaches with no
 motion to estimate, a ceiling for the rest), counts and the SHA-256 of the metric
 networks' weights; ``OUT/table.md`` the paper's Table 1 layout with the columns it can fill.
-LPIPS and FID need converted weights (``tools/convert_torch_weights.py lpips|inception``).
+LPIPS and FID need converted weights (``tools/convert_torch_weights.py lpips|inception``), AKD a
+landmark detector (``--landmarks``: for the synthetic heads, ``configs/synthetic_landmarks.py``'s).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ from mmfa_jax.data.evaluation import (
 from mmfa_jax.scoring import Scores, metric_network, padded_batches
 
 PROTOCOLS = ("reconstruction", "cross_identity")
-METRICS = ("l1", "psnr", "ssim", "lpips", "fid")
+METRICS = ("l1", "psnr", "ssim", "lpips", "akd", "fid")
+# The flag that gives each metric needing weights its network.
+METRIC_FLAGS = {"lpips": "--lpips", "akd": "--landmarks", "fid": "--inception"}
 SYNTHETIC_VIDEOS = 8
 
 
@@ -77,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "lpips)")  # fmt: skip
   parser.add_argument("--inception", help="converted FID Inception directory "
                       "(tools/convert_torch_weights.py inception)")  # fmt: skip
+  parser.add_argument("--landmarks", help="landmark detector directory for AKD (pixels), e.g. "
+                      "configs/synthetic_landmarks.py's WORKDIR/landmarks")  # fmt: skip
   parser.add_argument("--edit-degrees", "--edit_degrees", type=float, default=20.0,
                       help="synthetic data: also score yaw/pitch/roll edits by +-this many degrees "
                       "against the renderer (0: off)")  # fmt: skip
@@ -179,8 +184,8 @@ def edit_accuracy(
 def chosen_metrics(args: argparse.Namespace, has_targets: bool) -> list[str]:
   """The metrics to compute: ``--metrics`` (checked against the weights given) or every one that
   can be computed."""
-  weights = {"lpips": args.lpips, "fid": args.inception}
-  pixel = ["l1", "psnr", "ssim", "lpips"]
+  weights = {"lpips": args.lpips, "akd": args.landmarks, "fid": args.inception}
+  pixel = ["l1", "psnr", "ssim", "lpips", "akd"]
   if args.metrics:
     wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in METRICS]
@@ -188,7 +193,7 @@ def chosen_metrics(args: argparse.Namespace, has_targets: bool) -> list[str]:
       raise cli.CommandError(f"--metrics: unknown {unknown}; choose from {','.join(METRICS)}")
     for name, directory in weights.items():
       if name in wanted and not directory:
-        flag = "--lpips" if name == "lpips" else "--inception"
+        flag = METRIC_FLAGS[name]
         raise cli.CommandError(f"--metrics {name} needs converted weights: pass {flag} DIR")
   else:
     wanted = [m for m in METRICS if m not in weights or weights[m]]
@@ -247,7 +252,7 @@ def table_markdown(protocol: str, results: dict[str, dict[str, float]]) -> str:
   """The paper's Table 1 layout (reconstruction: L1, PSNR, SSIM, LPIPS, FID; cross-identity: FID,
   and on synthetic data the pixel metrics against the exact target) with what was computed."""
   columns = [("l1", "L1 ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"),
-             ("fid", "FID ↓")]  # fmt: skip
+             ("akd", "AKD ↓"), ("fid", "FID ↓")]  # fmt: skip
   title = "Same-identity reconstruction" if protocol == "reconstruction" else "Cross-identity"
   lines = [f"### {title}", "", "| method | " + " | ".join(c[1] for c in columns) + " |",
            "|---|" + "---|" * len(columns)]  # fmt: skip
@@ -324,7 +329,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
   synthetic = args.data == "synthetic"
   _check_arguments(args, synthetic)
   wanted = chosen_metrics(args, synthetic or args.protocol == "reconstruction")
-  networks = {"lpips": args.lpips, "inception": args.inception}
+  networks = {"lpips": args.lpips, "inception": args.inception, "landmarks": args.landmarks}
   loaded = {k: metric_network(k, d) for k, d in networks.items() if d and _uses(k, wanted)}
   animator = cli.load_animator(args)
   size = animator.image_size
@@ -336,12 +341,12 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     items = folder_items(
       args.data, args.protocol, size, args.num_videos, args.max_frames, args.pairs
     )
-  lpips_fn, inception_fn = (
+  lpips_fn, inception_fn, landmarks_fn = (
     padded_batches(loaded[k][0], args.batch_size) if k in loaded else None
-    for k in ("lpips", "inception")
+    for k in ("lpips", "inception", "landmarks")
   )
   reconstruction = args.protocol == "reconstruction"
-  scores = Scores(wanted, lpips_fn, inception_fn, args.batch_size, own_frame=reconstruction)
+  scores = Scores(wanted, lpips_fn, inception_fn, args.batch_size, reconstruction, landmarks_fn)
   mode = "absolute" if reconstruction else "relative"
   counts = {"videos": 0, "frames": 0, "skipped_videos": 0}
   grid_rows: list[tuple[np.ndarray, ...]] = []
@@ -400,7 +405,7 @@ def _write_results(output: str, protocol: str, result: dict[str, Any]) -> None:
 
 
 def _uses(network: str, wanted: Sequence[str]) -> bool:
-  return ("lpips" in wanted) if network == "lpips" else ("fid" in wanted)
+  return {"lpips": "lpips", "landmarks": "akd", "inception": "fid"}[network] in wanted
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,6 +170,7 @@ def train_landmark_network(config: ml_collections.ConfigDict, workdir: str) -> d
       "source_file": "configs/synthetic_landmarks.py",
       "trained_steps": settings.num_steps,
       "held_out_mean_error_px": result["held_out_mean_error_px"],
+      **trainer.frozen.metadata(),  # what evaluate --landmarks rebuilds it from
     },
     overwrite=True,
   )

@@ -148,6 +148,17 @@ def fid(real: FeatureStatistics, generated: FeatureStatistics) -> float:
   return frechet_distance(*real.mean_and_covariance(), *generated.mean_and_covariance())
 
 
+def average_keypoint_distance(
+  predicted: np.ndarray, target: np.ndarray, image_size: int
+) -> np.ndarray:
+  """AKD (FOMM's motion metric, MMFA's Table 1): per frame, the mean over landmarks of the
+  Euclidean distance between a detector's landmarks on the generated and the real frame, in
+  pixels. ``predicted``, ``target``: ``(B, L, 2)`` in [-1, 1] image units (2 units = the image
+  side); returns ``(B,)``."""
+  distance = np.linalg.norm(np.asarray(predicted) - np.asarray(target), axis=-1)  # (B, L)
+  return distance.mean(axis=-1) * image_size / 2
+
+
 def mean_finite(values: list[float]) -> float:
   """The mean of per-frame values; ``inf`` PSNRs (exact frames) count as 100 dB so one exact
   frame does not make the average infinite (noted in ``metrics.json``)."""

@@ -1,5 +1,6 @@
 """Scoring generated frames for ``python -m mmfa_jax.evaluate`` and the in-training evaluators:
-per-frame L1 / PSNR / SSIM (``metrics.image_metrics``), LPIPS and FID from converted networks."""
+per-frame L1 / PSNR / SSIM (``metrics.image_metrics``), LPIPS and FID from converted networks, AKD
+from a landmark detector (``models.landmarks``)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,17 @@ class Scorer:
   """Accumulates per-frame metrics and FID statistics for one set of predictions; ``real_from``:
   another scorer of the same real frames whose real-frame statistics this one reads (computed once)."""
 
-  def __init__(self, wanted: Sequence[str], lpips: Any, inception: Any, real_from: Any = None):
+  def __init__(
+    self,
+    wanted: Sequence[str],
+    lpips: Any,
+    inception: Any,
+    real_from: Any = None,
+    landmarks: Any = None,
+  ):
     self.wanted = wanted
     self.values: dict[str, list[float]] = {k: [] for k in wanted if k != "fid"}
-    self.lpips, self.inception = lpips, inception
+    self.lpips, self.inception, self.landmarks = lpips, inception, landmarks
     self.generated = self.real = None
     self.owns_real = real_from is None
     if "fid" in wanted:
@@ -39,6 +47,13 @@ class Scorer:
           self.values[name].extend(np.asarray(pixel[name]).tolist())
       if "lpips" in self.values:
         self.values["lpips"].extend(np.asarray(self.lpips(prediction, target)).tolist())
+      if "akd" in self.values:
+        from mmfa_jax.metrics import average_keypoint_distance
+
+        distance = average_keypoint_distance(
+          self.landmarks(prediction), self.landmarks(target), prediction.shape[1]
+        )
+        self.values["akd"].extend(distance.tolist())
     if self.generated is not None:
       self.generated.add(np.asarray(self.inception(prediction)))
       if self.owns_real:
@@ -77,6 +92,11 @@ def metric_network(kind: str, directory: str) -> tuple[Any, str]:
   # The weights are an argument on the device (not closed-over constants compiled into the
   # program and copied from the host per call).
   variables = on_device(variables)
+  if kind == "landmarks":  # AKD's detector: (B, H, W, 3) -> (B, L, 2)
+    from mmfa_jax.models.landmarks import FrozenLandmarks
+
+    detector = FrozenLandmarks.from_metadata(metadata, directory)
+    return functools.partial(jax.jit(detector.apply), variables), sha
   if kind == "lpips":
     from mmfa_jax.models.lpips import LPIPS
 
@@ -94,11 +114,18 @@ class Scores:
   the appearance path, encoder and generator, reaches: a ceiling for the other frames)."""
 
   def __init__(
-    self, wanted: Sequence[str], lpips: Any, inception: Any, batch_size: int, own_frame: bool
+    self,
+    wanted: Sequence[str],
+    lpips: Any,
+    inception: Any,
+    batch_size: int,
+    own_frame: bool,
+    landmarks: Any = None,
   ):
-    self.model = Scorer(wanted, lpips, inception)
-    self.baseline = Scorer(wanted, lpips, inception, real_from=self.model)
-    self.own_frame = Scorer([m for m in wanted if m != "fid"], lpips, None) if own_frame else None
+    self.model = Scorer(wanted, lpips, inception, landmarks=landmarks)
+    self.baseline = Scorer(wanted, lpips, inception, real_from=self.model, landmarks=landmarks)
+    own = [m for m in wanted if m != "fid"]
+    self.own_frame = Scorer(own, lpips, None, landmarks=landmarks) if own_frame else None
     self.batch_size = batch_size
 
   def add(self, item: Item, saved: np.ndarray) -> None:

@@ -178,6 +178,7 @@ def test_bad_input_exits_2_with_one_line(model_dir, data_root, tmp_path, capsys)
     (["--data", str(tmp_path / "missing")], "no such data folder"),
     (["--data", str(data_root), "--metrics", "l1,sharpness"], "unknown ['sharpness']"),
     (["--data", str(data_root), "--metrics", "lpips"], "pass --lpips DIR"),
+    (["--data", str(data_root), "--metrics", "akd"], "pass --landmarks DIR"),
     (["--data", str(data_root), "--protocol", "cross_identity", "--metrics", "l1"],
      "no ground truth"),
     (["--data", str(data_root), "--protocol", "cross_identity"], "needs --inception"),
@@ -301,3 +302,40 @@ def test_ctrl_c_during_evaluate_leaves_no_output(model_dir, tmp_path):
   assert status == 130, text[-2000:]
   assert f"interrupted: nothing was written to {output}" in text and "Traceback" not in text
   assert os.listdir(tmp_path) == []
+
+
+def test_akd_from_a_landmark_detector_equals_its_landmarks_by_hand(model_dir, tmp_path):
+  """``--landmarks``: AKD (pixels) of the model and of copying the source, recomputed from the
+  saved frames with the detector rebuilt from its directory's metadata."""
+  import jax
+
+  from mmfa_jax.checkpoints import save_converted
+  from mmfa_jax.models.landmarks import FrozenLandmarks
+
+  detector = FrozenLandmarks((2.0, 1.0, 1.0), input_size=32, block_expansion=4, max_features=8)
+  variables = detector.detector.init(jax.random.key(3), np.zeros((1, SIZE, SIZE, 3), np.float32))
+  save_converted(tmp_path / "lm", variables, {"kind": "landmarks", **detector.metadata()})
+  out = tmp_path / "out"
+  argv = _args(model_dir, "--data", "synthetic", "--num-videos", "2", "--max-frames", "3",
+               "--metrics", "psnr,akd", "--landmarks", str(tmp_path / "lm"),
+               "--edit-degrees", "0", "--output", str(out))  # fmt: skip
+  assert evaluate.main(argv) == 0
+  result = json.loads((out / "metrics.json").read_text())
+  assert set(result["metrics"]) == {"psnr", "akd"} and "landmarks" in result["weights"]
+  rebuilt = FrozenLandmarks.from_metadata(
+    json.loads((tmp_path / "lm" / "metadata.json").read_text())
+  )
+  points = jax.jit(rebuilt.apply)
+  model, copy = [], []
+  for item in evaluate.synthetic_items("reconstruction", SIZE, 2, 3):
+    saved = np.stack(
+      [read_image(str(out / "frames" / item.name / f"{i:07d}.png")) for i in range(3)]
+    )
+    truth = np.asarray(points(variables, item.target))
+    for frames, into in ((saved, model), (np.repeat(item.source[None], 3, 0), copy)):
+      distance = np.linalg.norm(np.asarray(points(variables, frames)) - truth, axis=-1)  # (F, L)
+      into.extend(distance.mean(-1) * SIZE / 2)
+  assert result["metrics"]["akd"] == pytest.approx(np.mean(model), rel=1e-3, abs=1e-4)
+  assert result["baselines"]["copy_source"]["akd"] == pytest.approx(np.mean(copy), rel=1e-3)
+  assert result["baselines"]["copy_source"]["akd"] > 0
+  assert "AKD ↓" in (out / "table.md").read_text()

@@ -99,10 +99,14 @@ def test_tiny_run_writes_a_detector_an_mmfa_config_loads(tmp_path):
   assert result["held_out_mean_error_px"] == pytest.approx(
     np.abs(predicted - truth).mean() * 32, rel=1e-4
   )
-  assert load_converted(mmfa.pretrained.landmarks, "landmarks")[1]["trained_steps"] == 3
+  metadata = load_converted(mmfa.pretrained.landmarks, "landmarks")[1]
+  assert metadata["trained_steps"] == 3
+  rebuilt = FrozenLandmarks.from_metadata(metadata)  # what evaluate --landmarks reads
+  assert rebuilt.detector == network.detector
+  np.testing.assert_array_equal(rebuilt.point_weights, network.point_weights)
 
   mmfa.pretrained.landmarks = None
-  with pytest.raises(ConvertedWeightsError, match="configs/synthetic_landmarks.py"):
+  with pytest.raises(ConvertedWeightsError, match=r"configs/synthetic_landmarks\.py"):
     load_pretrained(mmfa.pretrained, ("landmarks",))
 
 

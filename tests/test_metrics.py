@@ -75,3 +75,12 @@ def test_feature_statistics_and_fid_of_a_set_with_itself():
   assert metrics.fid(stats, stats) == pytest.approx(0.0, abs=1e-8)
   with pytest.raises(ValueError, match="at least 2 images"):
     metrics.FeatureStatistics(5).mean_and_covariance()
+
+
+def test_average_keypoint_distance_by_hand():
+  predicted = np.array([[[0.0, 0.0], [0.5, 0.5]], [[1.0, -1.0], [0.0, 0.0]]], np.float32)
+  target = np.array([[[0.3, 0.4], [0.5, 0.5]], [[1.0, -1.0], [0.0, -0.1]]], np.float32)
+  # Frame 0: distances 0.5 and 0 units; frame 1: 0 and 0.1. At 64 px one unit is 32 px.
+  np.testing.assert_allclose(
+    metrics.average_keypoint_distance(predicted, target, 64), [0.25 * 32, 0.05 * 32], rtol=1e-6
+  )

@@ -79,6 +79,10 @@ class LandmarkDetector(nn.Module):
     return {"value": value, "heatmap": heatmap}
 
 
+# The LandmarkDetector fields a saved detector records (its number of points is len(point_weights)).
+DETECTOR_SETTINGS = ("input_size", "block_expansion", "max_features", "down_blocks", "up_blocks")
+
+
 class FrozenLandmarks:
   """A pretrained ``LandmarkDetector`` as the objective's frozen landmark network
   (``objective.LandmarkNetwork``): ``apply(variables, images)`` -> ``(B, L, 2)`` in eval mode,
@@ -90,6 +94,22 @@ class FrozenLandmarks:
 
   def apply(self, variables: Any, images: jax.Array) -> jax.Array:
     return self.detector.apply(variables, images)["value"]
+
+  def metadata(self) -> dict[str, Any]:
+    """What a saved detector's ``metadata.json`` records to rebuild it (``from_metadata``)."""
+    settings = {f: getattr(self.detector, f) for f in DETECTOR_SETTINGS}
+    return {"point_weights": self.point_weights.tolist(), "detector": settings}
+
+  @classmethod
+  def from_metadata(cls, metadata: dict[str, Any], where: str = "") -> FrozenLandmarks:
+    """The detector a converted ``landmarks`` directory describes (its ``metadata.json``)."""
+    if "point_weights" not in metadata or "detector" not in metadata:
+      from mmfa_jax.checkpoints import ConvertedWeightsError
+
+      raise ConvertedWeightsError(f"{where}: metadata.json does not describe its landmark detector "
+                       "(point_weights, detector settings)")  # fmt: skip
+    settings = {k: v for k, v in metadata["detector"].items() if k in DETECTOR_SETTINGS}
+    return cls(metadata["point_weights"], **settings)
 
 
 def landmarks_from_config(model_config: Any, dtype: Dtype | None = None) -> FrozenLandmarks:

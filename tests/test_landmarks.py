@@ -107,7 +107,7 @@ def test_tiny_run_writes_a_detector_an_mmfa_config_loads(tmp_path):
   metadata = load_converted(mmfa.pretrained.landmarks, "landmarks")[1]
   assert metadata["trained_steps"] == 3
   rebuilt = FrozenLandmarks.from_metadata(metadata)  # what evaluate --landmarks reads
-  for field in DETECTOR_SETTINGS + ("num_points",):
+  for field in (*DETECTOR_SETTINGS, "num_points"):
     assert getattr(rebuilt.detector, field) == getattr(network.detector, field), field
   np.testing.assert_array_equal(rebuilt.point_weights, network.point_weights)
 

@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> list[dict]:
   tx = optax.adam(learning_rate, config.optim.b1, config.optim.b2, eps=config.optim.eps)
   opt_state = tx.init(params)
   weights = tuple(config.loss.perceptual_layer_weights)[:1]
+  scales, min_size = tuple(config.perceptual_scales), config.loss.perceptual_min_size
 
   def pixels(images):
     return [images]
@@ -153,13 +154,7 @@ def run(args: argparse.Namespace) -> list[dict]:
       {"params": params, "batch_stats": stats},
       source, kp_source, kp_driving, True, method=_generate, mutable=["batch_stats"],
     )  # fmt: skip
-    if "predictions" in out:
-      loss = losses.multiscale_perceptual(
-        pixels, out["predictions"], driving, weights, config.loss.perceptual_min_size
-      )
-    else:
-      scales = tuple(config.perceptual_scales)
-      loss = losses.perceptual_pyramid(pixels, out["prediction"], driving, scales, weights)
+    loss = losses.generated_perceptual(pixels, out, driving, weights, scales, min_size)
     return loss, updated["batch_stats"]
 
   @jax.jit

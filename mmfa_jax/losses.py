@@ -9,6 +9,7 @@ Targets are wrapped in ``stop_gradient`` where the reference detaches them. Weig
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +138,24 @@ def keypoint_prior(
 def deformation_prior(deformation: jax.Array) -> jax.Array:
   """Mean over the batch of the L1 norm of the flattened deformation (the reference's on exp)."""
   return jnp.mean(jnp.sum(jnp.abs(deformation.reshape(deformation.shape[0], -1)), axis=-1))
+
+
+def generated_perceptual(
+  features: FeatureFn,
+  generated: Mapping[str, Any],
+  target: jax.Array,
+  layer_weights: Sequence[float],
+  scales: Sequence[float],
+  min_size: int,
+) -> jax.Array:
+  """The perceptual loss of a generator's outputs: ``multiscale_perceptual`` over MMFA's
+  multi-scale generator's ``predictions`` (its sizes down to ``min_size``), else
+  ``perceptual_pyramid`` of ``prediction`` at ``scales``."""
+  if "predictions" in generated:
+    return multiscale_perceptual(
+      features, generated["predictions"], target, layer_weights, min_size
+    )
+  return perceptual_pyramid(features, generated["prediction"], target, scales, layer_weights)
 
 
 def headpose(predicted: Mapping[str, jax.Array], target: Mapping[str, jax.Array]) -> jax.Array:

@@ -378,15 +378,14 @@ class TermInputs:
 
 
 def _perceptual(x: TermInputs) -> jax.Array:
-  loss, generated = x.objective.loss, x.out["generated"]
   features, layer_weights = x.objective.perceptual_features(x.frozen)
-  driving = x.batch["driving"]
-  if "predictions" in generated:  # MMFA's multi-scale generator: one output per size
-    return losses.multiscale_perceptual(
-      features, generated["predictions"], driving, layer_weights, min_size=loss.perceptual_min_size
-    )
-  scales = tuple(x.objective.config.perceptual_scales)
-  return losses.perceptual_pyramid(features, x.prediction, driving, scales, layer_weights)
+  scales, min_size = (
+    tuple(x.objective.config.perceptual_scales),
+    x.objective.loss.perceptual_min_size,
+  )
+  return losses.generated_perceptual(
+    features, x.out["generated"], x.batch["driving"], layer_weights, scales, min_size
+  )
 
 
 def _vggface(x: TermInputs) -> jax.Array:

@@ -10,7 +10,7 @@ from test_commands import _frames, _write_video, fv2v_dir  # noqa: F401
 from tool_runner import ROOT
 
 # Runs ``python -m mmfa_jax.animate`` and prints the process's resident memory (VmRSS, KiB) as
-# the writer receives frames 200 and 2000.
+# the writer receives every 100th frame.
 _MEASURED = """
 import sys
 from mmfa_jax import animate
@@ -23,7 +23,7 @@ def resident_kib():
 write = video.VideoWriter.write
 def measured(self, frame):
   write(self, frame)
-  if self.frames in (200, 2000):
+  if self.frames % 100 == 0:
     print(f"RSS {self.frames} {resident_kib()}", flush=True)
 video.VideoWriter.write = measured
 sys.exit(animate.main(sys.argv[1:]))
@@ -47,5 +47,11 @@ def test_memory_does_not_grow_with_the_driving_video(fv2v_dir, tmp_path):  # noq
     (int(count), int(kib)) for _, count, kib in (line.split() for line in run.stdout.splitlines()
                                                  if line.startswith("RSS "))
   )  # fmt: skip
-  assert sorted(resident) == [200, 2000]
-  assert resident[2000] <= 1.1 * resident[200], resident
+  assert sorted(resident) == list(range(100, 2001, 100))
+  # Resident memory swings by about 10 % with where a batch is in its decode / animate / encode
+  # cycle (683-817 MB over one run, no trend; 2026-11-28), so single readings are compared
+  # through each half's peak: the second half's may exceed the first's by at most 7 % (57 MB;
+  # holding the video's frames as float32 would add 88 MB).
+  first = max(resident[frame] for frame in range(100, 1001, 100))
+  second = max(resident[frame] for frame in range(1100, 2001, 100))
+  assert second <= 1.07 * first, resident

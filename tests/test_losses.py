@@ -140,3 +140,22 @@ def test_stop_gradient_on_targets():
     jnp.array([[[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]]])
   )
   assert float(jnp.abs(grad_prior).sum()) > 0
+
+
+def test_generated_perceptual_picks_the_generators_form():
+  rng = np.random.default_rng(7)
+  target = jnp.asarray(rng.uniform(size=(2, 32, 32, 3)), jnp.float32)
+  predictions = {s: jnp.asarray(rng.uniform(size=(2, s, s, 3)), jnp.float32) for s in (32, 16, 8)}
+
+  def features(images):
+    return [images]
+
+  multi = {"prediction": predictions[32], "predictions": predictions}
+  want = losses.multiscale_perceptual(features, predictions, target, (2.0,), 16)
+  got = losses.generated_perceptual(features, multi, target, (2.0,), (1.0, 0.5), 16)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  single = {"prediction": predictions[32]}
+  want = losses.perceptual_pyramid(features, predictions[32], target, (1.0, 0.5), (2.0,))
+  got = losses.generated_perceptual(features, single, target, (2.0,), (1.0, 0.5), 16)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert float(got) > 0

@@ -9,15 +9,15 @@ heads' ``data.synthetic.FACE_POINTS`` from synthetic frames against their true p
 Adam, a step decay. Its training frames are lightly blurred at random (``blur``), so it also reads
 the softer frames a generator draws.
 
-It writes ``WORKDIR/landmarks`` (a converted ``landmarks`` directory: ``config.pretrained.landmarks``
-of an MMFA config takes it), ``WORKDIR/metrics.jsonl`` and ``WORKDIR/landmark_metrics.json`` with
-the mean landmark error in pixels (at ``image_size``) on held-out heads. Minutes on a CPU; no
-checkpoints, a rerun starts over.
+It writes ``WORKDIR/landmarks`` (a converted ``landmarks`` directory that
+``config.pretrained.landmarks`` of an MMFA config and ``evaluate --landmarks`` take),
+``WORKDIR/metrics.jsonl`` and ``WORKDIR/landmark_metrics.json`` with the mean landmark error in
+pixels (at ``image_size``) on held-out heads. Minutes on a CPU; no checkpoints, a rerun starts
+over.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from mmfa_jax.models.landmarks import LandmarkDetector, landmarks_from_config
-from mmfa_jax.pose_train import fit, render_set
+from mmfa_jax.pose_train import fit, pretrain_once, render_set, save_pretrained
 from mmfa_jax.train_state import TrainState, apply_gradients, make_optimizer, step_schedule
 
 LANDMARK_DIRECTORY = "landmark_network"  # WORKDIR/landmark_network of an MMFA run pretraining it
@@ -138,7 +138,6 @@ class LandmarkTrainer:
 def train_landmark_network(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and writes the landmark detector (module docstring); returns
   ``landmark_metrics.json``."""
-  from mmfa_jax.checkpoints import save_converted
   from mmfa_jax.data.synthetic import HELD_OUT_SEED
 
   settings, size = config.landmarks, config.image_size
@@ -162,20 +161,13 @@ def train_landmark_network(config: ml_collections.ConfigDict, workdir: str) -> d
     "held_out_frames": len(held_images),
     "image_size": size,
   }
-  save_converted(
-    os.path.join(workdir, "landmarks"),
-    jax.device_get(variables),
-    {
-      "kind": "landmarks",
-      "source_file": "configs/synthetic_landmarks.py",
-      "trained_steps": settings.num_steps,
-      "held_out_mean_error_px": result["held_out_mean_error_px"],
-      **trainer.frozen.metadata(),  # what evaluate --landmarks rebuilds it from
-    },
-    overwrite=True,
-  )
-  with open(os.path.join(workdir, "landmark_metrics.json"), "w") as handle:
-    json.dump(result, handle, indent=2, sort_keys=True)
+  metadata = {
+    "source_file": "configs/synthetic_landmarks.py",
+    "trained_steps": settings.num_steps,
+    "held_out_mean_error_px": result["held_out_mean_error_px"],
+    **trainer.frozen.metadata(),  # what evaluate --landmarks rebuilds it from
+  }
+  save_pretrained(workdir, "landmarks", variables, metadata, result, "landmark_metrics.json")
   logging.info("held-out mean landmark error: %.2f px", result["held_out_mean_error_px"])
   return result
 
@@ -193,14 +185,8 @@ def pretrain_landmark_network(config: ml_collections.ConfigDict, workdir: str) -
     or config.get("task", "animation") != "animation"
   ):
     return
-  directory = os.path.join(os.path.abspath(workdir), LANDMARK_DIRECTORY)
-  if not os.path.isfile(os.path.join(directory, "landmark_metrics.json")):  # written last
-    if jax.process_count() > 1:
-      raise ValueError(
-        "landmark pretraining runs in one process: run configs/synthetic_landmarks.py first and "
-        "pass --config.pretrained.landmarks=DIR/landmarks"
-      )
-    logging.info("pretraining the frozen landmark detector in %s", directory)
-    train_landmark_network(landmark_task_config(config, **dict(settings)), directory)
-  with config.unlocked():
-    config.pretrained.landmarks = os.path.join(directory, "landmarks")
+  task = landmark_task_config(config, **dict(settings))
+  pretrain_once(
+    config, workdir, "landmarks", LANDMARK_DIRECTORY, "landmark_metrics.json",
+    "configs/synthetic_landmarks.py", lambda directory: train_landmark_network(task, directory),
+  )  # fmt: skip

@@ -82,17 +82,46 @@ def pretrain_pose_network(config: ml_collections.ConfigDict, workdir: str) -> No
     return
   if not variant_from_config(config.model).frozen_pose:  # model.pose_network="learned"
     return
-  directory = os.path.join(os.path.abspath(workdir), POSE_DIRECTORY)
-  if not os.path.isfile(os.path.join(directory, "pose_metrics.json")):  # written last
+  pretrain_once(
+    config, workdir, "hopenet", POSE_DIRECTORY, "pose_metrics.json", "configs/synthetic_pose.py",
+    lambda directory: train_pose_network(pose_task_config(config, **dict(settings)), directory),
+  )  # fmt: skip
+
+
+def pretrain_once(
+  config: ml_collections.ConfigDict, workdir: str, kind: str, name: str, metrics: str,
+  task_config: str, train: Callable[[str], Any],
+) -> None:  # fmt: skip
+  """A frozen network an MMFA run pretrains itself (the synthetic pose network, the landmark
+  detector): ``train(WORKDIR/name)`` unless ``WORKDIR/name/metrics`` (written last) shows it was
+  done before (a resumed run), then ``config.pretrained.<kind>`` = ``WORKDIR/name/<kind>``."""
+  directory = os.path.join(os.path.abspath(workdir), name)
+  if not os.path.isfile(os.path.join(directory, metrics)):
     if jax.process_count() > 1:
       raise ValueError(
-        "pose pretraining runs in one process: run configs/synthetic_pose.py first and pass "
-        "--config.pretrained.hopenet=DIR/hopenet"
+        f"{kind} pretraining runs in one process: run {task_config} first and pass "
+        f"--config.pretrained.{kind}=DIR/{kind}"
       )
-    logging.info("pretraining the frozen pose network in %s", directory)
-    train_pose_network(pose_task_config(config, **dict(settings)), directory)
+    logging.info("pretraining the frozen %s network in %s", kind, directory)
+    train(directory)
   with config.unlocked():
-    config.pretrained.hopenet = os.path.join(directory, "hopenet")
+    config.pretrained[kind] = os.path.join(directory, kind)
+
+
+def save_pretrained(
+  workdir: str, kind: str, variables: Any, metadata: dict[str, Any], result: dict[str, Any],
+  metrics: str,
+) -> None:  # fmt: skip
+  """Writes a pretrained frozen network: ``WORKDIR/<kind>`` (a converted directory of ``kind``
+  with ``metadata``), then ``WORKDIR/<metrics>`` (``result``; last, so it marks a finished run)."""
+  from mmfa_jax.checkpoints import save_converted
+
+  save_converted(
+    os.path.join(workdir, kind), jax.device_get(variables), {"kind": kind, **metadata},
+    overwrite=True,
+  )  # fmt: skip
+  with open(os.path.join(workdir, metrics), "w") as handle:
+    json.dump(result, handle, indent=2, sort_keys=True)
 
 
 def angle_bins(degrees: jax.Array, num_bins: int = 66) -> jax.Array:
@@ -235,14 +264,12 @@ class PoseTrainer:
 
 def train_pose_network(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and writes the pose network (module docstring); returns ``pose_metrics.json``."""
-  from mmfa_jax.checkpoints import save_converted
-
   pose, size = config.pose, config.image_size
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   data = config.data.synthetic
-  logging.info("rendering %d training and %d held-out frames", data.num_videos * pose.frames_per_video,
-               pose.held_out_videos * pose.held_out_frames)  # fmt: skip
+  counts = (data.num_videos * pose.frames_per_video, pose.held_out_videos * pose.held_out_frames)
+  logging.info("rendering %d training and %d held-out frames", *counts)
   from mmfa_jax.data.synthetic import HELD_OUT_SEED
 
   images, angles = render_set(data.seed, data.num_videos, pose.frames_per_video, size)
@@ -258,18 +285,11 @@ def train_pose_network(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "train_mean_abs_error_deg": trainer.mean_abs_error(variables, images[:512], angles[:512]),
     "held_out_frames": len(held_images),
   }
-  save_converted(
-    os.path.join(workdir, "hopenet"),
-    jax.device_get(variables),
-    {
-      "kind": "hopenet",
-      "source_file": "configs/synthetic_pose.py",
-      "trained_steps": pose.num_steps,
-      "held_out_mean_abs_error_deg": result["held_out_mean_abs_error_deg"],
-    },
-    overwrite=True,
-  )
-  with open(os.path.join(workdir, "pose_metrics.json"), "w") as handle:
-    json.dump(result, handle, indent=2, sort_keys=True)
+  metadata = {
+    "source_file": "configs/synthetic_pose.py",
+    "trained_steps": pose.num_steps,
+    "held_out_mean_abs_error_deg": result["held_out_mean_abs_error_deg"],
+  }
+  save_pretrained(workdir, "hopenet", variables, metadata, result, "pose_metrics.json")
   logging.info("held-out mean absolute error (degrees): %s", result["held_out_mean_abs_error_deg"])
   return result

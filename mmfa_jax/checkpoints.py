@@ -27,7 +27,12 @@ import mmfa_jax
 
 METADATA_FILE = "metadata.json"
 ARRAYS_DIR = "arrays"
-KINDS = ("hopenet", "vgg19", "vggface", "face_vid2vid", "lpips", "inception", "landmarks")
+# Kinds of converted directories: those converted from PyTorch files (the converter registry,
+# pretrained_converters.convert.CONVERTERS) and those trained here (the synthetic heads' landmark
+# detector, mmfa_jax/landmark_train.py).
+CONVERTED_KINDS = ("hopenet", "vgg19", "vggface", "face_vid2vid", "lpips", "inception")
+TRAINED_KINDS = ("landmarks",)
+KINDS = CONVERTED_KINDS + TRAINED_KINDS
 MODEL_KIND = "face_vid2vid"  # the converted kind that holds a whole animation model
 
 

@@ -40,9 +40,10 @@ def _vgg19_file_state(twin):
 
 
 def test_the_converter_registry_is_the_one_source(tmp_path):
-  """The tool's KINDs, its help, its --verify tolerance and the loader's kinds all come from
+  """The tool's KINDs, its help, its --verify tolerance and the loader's converted kinds come from
   CONVERTERS; a file converted through the tool loads back as the registry converts it."""
-  assert tuple(CONVERTERS) == checkpoints.KINDS
+  assert tuple(CONVERTERS) == checkpoints.CONVERTED_KINDS
+  assert checkpoints.KINDS == checkpoints.CONVERTED_KINDS + checkpoints.TRAINED_KINDS
   assert all(spec.kind == kind for kind, spec in CONVERTERS.items())
   refused = run_tool("resnet", "--input", tmp_path / "x.pth", "--output", tmp_path / "out")
   assert refused.returncode == 2

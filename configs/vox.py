@@ -79,7 +79,14 @@ def get_config() -> ml_collections.ConfigDict:
     )
   )
   config.model.dense_motion = ml_collections.ConfigDict(
-    dict(block_expansion=32, max_features=1024, num_blocks=5, compress=4, kp_variance=0.01)
+    dict(
+      block_expansion=32,
+      max_features=1024,
+      num_blocks=5,
+      compress=4,
+      kp_variance=0.01,
+      mask_logit_scale=1.0,  # 1 in the reference; below 1 the mask moves between slots more slowly
+    )
   )
   config.model.discriminator = ml_collections.ConfigDict(
     dict(scales=(1.0,), block_expansion=32, max_features=512, num_blocks=4, spectral_norm=True)

@@ -161,6 +161,30 @@ def test_dense_motion_matches_twin():
   assert float(np.asarray(got["mask"]).std()) > 1e-3  # the mask is not uniform
 
 
+def test_mask_logit_scale_multiplies_the_mask_logits():
+  """mask_logit_scale=a gives softmax(a * logits): the scale-1 mask's log, times a, renormalised;
+  the deformation is the grid plus that mask's weighted slot shifts."""
+  feature, kp_source, kp_driving = _dense_motion_case(5, 2, 3, 6, (4, 8, 8))
+  config = dict(block_expansion=8, num_blocks=2, max_features=32, compress=4)
+  variables = DenseMotionNetwork(**config).init(jax.random.key(0), feature, kp_source, kp_driving)
+  reference = DenseMotionNetwork(**config).apply(variables, feature, kp_source, kp_driving)
+  scaled = DenseMotionNetwork(**config, mask_logit_scale=0.05).apply(
+    variables, feature, kp_source, kp_driving
+  )
+  logits = np.log(np.asarray(reference["mask"], np.float64))
+  want = np.exp(0.05 * logits)
+  want /= want.sum(-1, keepdims=True)
+  np.testing.assert_allclose(scaled["mask"], want, atol=1e-6)
+  # The scaled mask is nearer uniform (1 / (K + 1)) than the reference's.
+  uniform = 1 / 4
+  assert np.abs(want - uniform).max() < np.abs(np.asarray(reference["mask"]) - uniform).max()
+  motion = np.asarray(reference["sparse_motion"])  # (B, K+1, D, H, W, 3); slot 0 the identity
+  shifts = motion - motion[:, :1]  # each slot's shift from the identity grid
+  want_deformation = motion[:, 0] + np.einsum("bdhwk,bkdhwc->bdhwc", want, shifts)
+  np.testing.assert_allclose(scaled["deformation"], want_deformation, atol=1e-5)
+  np.testing.assert_array_equal(scaled["occlusion_map"], reference["occlusion_map"])
+
+
 def _motion_twins(seed):
   twins = {
     "kp": torch_twins.KPDetector(

@@ -24,6 +24,10 @@ class DenseMotionNetwork(nn.Module):
     kp_source, kp_driving: ``(B, K, 3)`` keypoints (x, y, z).
     train: BatchNorm mode.
 
+  ``mask_logit_scale`` multiplies the mask convolution's logits before the softmax (1 in the
+  reference). Below 1 it slows how fast Adam moves the mask between slots: each step changes every
+  weight by about the learning rate, so the logits move ``mask_logit_scale`` times as far.
+
   Returns a dict:
     ``deformation`` ``(B, D, H, W, 3)``: where each driving-frame voxel samples the source volume
     (x, y, z in [-1, 1]); ``mask`` ``(B, D, H, W, K + 1)`` softmax over slots (0 = background);
@@ -37,6 +41,7 @@ class DenseMotionNetwork(nn.Module):
   max_features: int = 1024
   compress: int = 4
   kp_variance: float = 0.01
+  mask_logit_scale: float = 1.0
   estimate_occlusion_map: bool = True
   dtype: Dtype | None = None
 
@@ -76,7 +81,8 @@ class DenseMotionNetwork(nn.Module):
 
     num_slots = motion.shape[1]
     mask_logits = Conv(num_slots, (7, 7, 7), padding=3, dtype=self.dtype, name="mask")(prediction)
-    mask = jax.nn.softmax(mask_logits.astype(jnp.float32), axis=-1)  # (B, D, H, W, K+1)
+    mask_logits = mask_logits.astype(jnp.float32) * self.mask_logit_scale
+    mask = jax.nn.softmax(mask_logits, axis=-1)  # (B, D, H, W, K+1)
     # sum_k mask_k (grid + shift_k) = grid + sum_k mask_k shift_k (the mask sums to 1 over k).
     deformation = make_coordinate_grid(spatial) + jnp.einsum(
       "bdhwk,bkc->bdhwc", mask, shift, precision=jax.lax.Precision.HIGHEST

@@ -28,7 +28,14 @@ import numpy as np
 from absl import logging
 
 from mmfa_jax.models.landmarks import LandmarkDetector, landmarks_from_config
-from mmfa_jax.pose_train import fit, pretrain_once, render_set, save_pretrained
+from mmfa_jax.pose_train import (
+  fit,
+  held_out_errors,
+  pretrain_once,
+  render_set,
+  save_pretrained,
+  synthetic_task_config,
+)
 from mmfa_jax.train_state import TrainState, apply_gradients, make_optimizer, step_schedule
 
 LANDMARK_DIRECTORY = "landmark_network"  # WORKDIR/landmark_network of an MMFA run pretraining it
@@ -52,17 +59,11 @@ LANDMARK_SETTINGS = dict(
 def landmark_task_config(
   base: ml_collections.ConfigDict, **settings: Any
 ) -> ml_collections.ConfigDict:
-  """The landmark-detector task for the synthetic heads and ``model.landmarks`` of ``base`` (an
-  MMFA synthetic config): ``LANDMARK_SETTINGS`` updated with ``settings``."""
-  config = ml_collections.ConfigDict()
-  config.task = "landmarks"
-  config.image_size = base.image_size
-  config.model = ml_collections.ConfigDict(dict(landmarks=dict(base.model.landmarks)))
-  config.data = ml_collections.ConfigDict(
-    dict(source="synthetic", synthetic=dict(base.data.synthetic))
+  """The landmark-detector task with ``model.landmarks`` of ``base``: ``LANDMARK_SETTINGS``
+  updated with ``settings``."""
+  return synthetic_task_config(
+    base, "landmarks", "landmarks", "landmarks", LANDMARK_SETTINGS, **settings
   )
-  config.landmarks = ml_collections.ConfigDict(dict(LANDMARK_SETTINGS, **settings))
-  return config
 
 
 def face_landmarks(heads: Any, video: int, frame: int) -> np.ndarray:
@@ -128,11 +129,8 @@ class LandmarkTrainer:
   def mean_error_px(self, variables: Any, images: np.ndarray, points: np.ndarray) -> float:
     """Mean absolute landmark error (pixels at ``image_size``, over x and y) of the frozen-mode
     network on ``images`` (uint8)."""
-    errors = []
-    for start in range(0, len(images), 64):
-      got = self.predict(variables, images[start : start + 64].astype(np.float32) / 255.0)
-      errors.append(np.abs(np.asarray(got) - points[start : start + 64]))
-    return float(np.concatenate(errors).mean() * self.config.image_size / 2)
+    error = held_out_errors(lambda frames: self.predict(variables, frames), images, points)
+    return float(error.mean() * self.config.image_size / 2)
 
 
 def train_landmark_network(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

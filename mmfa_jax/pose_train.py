@@ -52,18 +52,44 @@ POSE_SETTINGS = dict(
 )
 
 
-def pose_task_config(base: ml_collections.ConfigDict, **settings: Any) -> ml_collections.ConfigDict:
-  """The pose-network task for the synthetic heads and Hopenet widths of ``base`` (an MMFA
-  synthetic config): ``POSE_SETTINGS`` updated with ``settings``."""
+def synthetic_task_config(
+  base: ml_collections.ConfigDict,
+  task: str,
+  network: str,
+  settings_key: str,
+  defaults: dict[str, Any],
+  **settings: Any,
+) -> ml_collections.ConfigDict:
+  """A pretraining task on the synthetic heads of ``base`` (an MMFA synthetic config): ``task``,
+  its image size and data, ``model.<network>`` of ``base``, and ``<settings_key>``: ``defaults``
+  updated with ``settings``."""
   config = ml_collections.ConfigDict()
-  config.task = "pose_network"
+  config.task = task
   config.image_size = base.image_size
-  config.model = ml_collections.ConfigDict(dict(hopenet=dict(base.model.hopenet)))
+  config.model = ml_collections.ConfigDict({network: dict(base.model[network])})
   config.data = ml_collections.ConfigDict(
     dict(source="synthetic", synthetic=dict(base.data.synthetic))
   )
-  config.pose = ml_collections.ConfigDict(dict(POSE_SETTINGS, **settings))
+  config[settings_key] = ml_collections.ConfigDict(dict(defaults, **settings))
   return config
+
+
+def pose_task_config(base: ml_collections.ConfigDict, **settings: Any) -> ml_collections.ConfigDict:
+  """The pose-network task with the Hopenet widths of ``base``: ``POSE_SETTINGS`` updated with
+  ``settings``."""
+  return synthetic_task_config(base, "pose_network", "hopenet", "pose", POSE_SETTINGS, **settings)
+
+
+def held_out_errors(
+  predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
+  """``|predict(frames) - targets|`` over ``images`` (uint8, ``(N, H, W, 3)``) in batches of 64,
+  the frames scaled to [0, 1]: the per-sample absolute errors, shaped as ``targets``."""
+  errors = []
+  for start in range(0, len(images), 64):
+    got = predict(images[start : start + 64].astype(np.float32) / 255.0)
+    errors.append(np.abs(np.asarray(got) - targets[start : start + 64]))
+  return np.concatenate(errors)
 
 
 def pretrain_pose_network(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -251,14 +277,12 @@ class PoseTrainer:
     self, variables: Any, images: np.ndarray, angles: np.ndarray
   ) -> dict[str, float]:
     """Mean absolute error (degrees) per angle of the frozen-mode network on ``images`` (uint8)."""
-    errors = []
-    for start in range(0, len(images), 64):
-      batch = images[start : start + 64].astype(np.float32) / 255.0
-      got = self.angles(variables, batch)
-      errors.append(
-        np.abs(np.stack([np.asarray(got[n]) for n in ANGLES], -1) - angles[start : start + 64])
-      )
-    error = np.concatenate(errors)
+
+    def predict(frames: np.ndarray) -> np.ndarray:
+      got = self.angles(variables, frames)
+      return np.stack([np.asarray(got[n]) for n in ANGLES], -1)  # (N, 3)
+
+    error = held_out_errors(predict, images, angles)
     return {name: float(error[:, i].mean()) for i, name in enumerate(ANGLES)}
 
 

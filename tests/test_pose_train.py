@@ -13,6 +13,7 @@ from configs import synthetic, synthetic_pose
 from mmfa_jax import pose_train
 from mmfa_jax.checkpoints import load_converted
 from mmfa_jax.data.synthetic import HELD_OUT_SEED
+from mmfa_jax.landmark_train import LANDMARK_SETTINGS, landmark_task_config
 from mmfa_jax.models.variants import variant_from_config
 
 
@@ -98,3 +99,35 @@ def test_mmfa_run_pretrains_its_frozen_pose_network_once(tmp_path):
   assert unchanged_learned.pretrained.hopenet is None
   assert unchanged_given.pretrained.hopenet == "/elsewhere/hopenet"
   assert not (tmp_path / "learned").exists() and not (tmp_path / "given").exists()
+
+
+def test_held_out_errors_batches_and_scales_the_frames():
+  """130 frames (three batches of at most 64): the prediction sees [0, 1] frames; the errors are
+  |prediction - target| per sample, in order."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (130, 4, 4, 3), dtype=np.uint8)
+  targets = rng.normal(size=(130, 2))
+  seen = []
+
+  def predict(frames):
+    seen.append(len(frames))
+    assert frames.dtype == np.float32 and frames.max() <= 1.0
+    return np.stack([frames.mean((1, 2, 3)), frames[:, 0, 0, 0]], -1)
+
+  got = pose_train.held_out_errors(predict, images, targets)
+  frames = images.astype(np.float64) / 255.0
+  want = np.abs(np.stack([frames.mean((1, 2, 3)), frames[:, 0, 0, 0]], -1) - targets)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  assert seen == [64, 64, 2]
+
+
+def test_task_configs_take_the_base_configs_network_and_settings():
+  base = synthetic.get_config("tiny")
+  pose = pose_train.pose_task_config(base, num_steps=7)
+  assert (pose.task, pose.pose.num_steps, pose.pose.alpha) == ("pose_network", 7, 0.1)
+  assert dict(pose.model.hopenet) == dict(base.model.hopenet)
+  landmarks = landmark_task_config(base, blur=0.5)
+  assert (landmarks.task, landmarks.landmarks.blur) == ("landmarks", 0.5)
+  assert landmarks.landmarks.num_steps == LANDMARK_SETTINGS["num_steps"]
+  assert dict(landmarks.model.landmarks) == dict(base.model.landmarks)
+  assert landmarks.image_size == pose.image_size == base.image_size

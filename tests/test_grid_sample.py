@@ -11,7 +11,11 @@ from jax.sharding import PartitionSpec as P
 from torch_oracles import grid_sample_with_grads
 
 from mmfa_jax.ops import grid_sample, grid_sample_2d, grid_sample_3d, make_coordinate_grid
-from mmfa_jax.ops.grid_sample import grid_sample_separable, interpolation_matrix
+from mmfa_jax.ops.grid_sample import (
+  grid_sample_separable,
+  interpolation_matrix,
+  pixel_centre_axis,
+)
 
 PADDING_MODES = ("zeros", "border", "reflection")
 
@@ -83,6 +87,20 @@ def test_coordinate_grid_values_and_order():
   assert grid_2d.shape == (4, 2, 2)
   np.testing.assert_allclose(grid_2d[3, 1], [1, 1])
   np.testing.assert_allclose(grid_2d[1, 0], [-1, -1 / 3], rtol=1e-6)
+
+
+def test_pixel_centres_read_each_pixel_exactly():
+  """At pixel_centre_axis coordinates, torch's grid_sample with align_corners=False returns the
+  image itself; the values are the synthetic renderer's (2 i + 1) / n - 1."""
+  import torch
+
+  np.testing.assert_allclose(pixel_centre_axis(4), [-0.75, -0.25, 0.25, 0.75])
+  np.testing.assert_allclose(pixel_centre_axis(64)[0], 1 / 64 - 1)
+  image = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 2, 5, 7)))
+  x, y = np.meshgrid(pixel_centre_axis(7), pixel_centre_axis(5))
+  grid = torch.from_numpy(np.stack([x, y], -1)[None].astype(np.float64))  # (1, 5, 7, 2)
+  read = torch.nn.functional.grid_sample(image, grid, align_corners=False)
+  np.testing.assert_allclose(read.numpy(), image.numpy(), atol=1e-6)
 
 
 def test_identity_and_reference_shrink():

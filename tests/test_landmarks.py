@@ -15,12 +15,7 @@ from configs import synthetic, synthetic_landmarks
 from mmfa_jax import landmark_train
 from mmfa_jax.checkpoints import ConvertedWeightsError, load_converted, load_pretrained
 from mmfa_jax.data.synthetic import FACE_POINTS, HELD_OUT_SEED, SyntheticHeads, face_points
-from mmfa_jax.models.landmarks import (
-  DETECTOR_SETTINGS,
-  FrozenLandmarks,
-  LandmarkDetector,
-  pixel_centre_axis,
-)
+from mmfa_jax.models.landmarks import DETECTOR_SETTINGS, FrozenLandmarks, LandmarkDetector
 from mmfa_jax.objective import Networks, required_pretrained
 from mmfa_jax.ops.grid_sample import make_coordinate_grid
 from mmfa_jax.ops.keypoints import soft_argmax
@@ -36,11 +31,6 @@ def test_soft_argmax_of_a_peak_and_of_flat_maps():
   np.testing.assert_allclose(points[0, 1], [0.0, 0.0], atol=1e-6)  # the grid's mean
   np.testing.assert_allclose(heatmap[0, ..., 1], np.full((3, 4), 1 / 12), rtol=1e-6)
   assert heatmap.shape == (1, 3, 4, 2)
-
-
-def test_pixel_centres_are_the_renderers():
-  np.testing.assert_allclose(pixel_centre_axis(4), [-0.75, -0.25, 0.25, 0.75])
-  np.testing.assert_allclose(pixel_centre_axis(64)[0], 1 / 64 - 1)
 
 
 def test_detector_shapes_range_and_input_checks():

@@ -22,16 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmfa_jax.models.blocks import DownBlock, UpBlock, hourglass_channels
+from mmfa_jax.ops.grid_sample import pixel_centre_axis
 from mmfa_jax.ops.keypoints import soft_argmax
 from mmfa_jax.ops.layers import Conv
 from mmfa_jax.ops.pyramid import antialias_downsample
 
 Dtype = Any
-
-
-def pixel_centre_axis(n: int) -> jax.Array:
-  """``(n,)``: the centres of ``n`` pixels in [-1, 1] image units, ``(2 i + 1) / n - 1``."""
-  return (2 * jnp.arange(n, dtype=jnp.float32) + 1) / n - 1
 
 
 class LandmarkDetector(nn.Module):

@@ -44,6 +44,12 @@ def coordinate_axis(n: int, dtype: jnp.dtype = jnp.float32) -> jax.Array:
   return 2 * (jnp.arange(n, dtype=dtype) / (n - 1)) - 1
 
 
+def pixel_centre_axis(n: int, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """``(n,)``: the centres of ``n`` pixels in [-1, 1] image units (-1 and 1 the outer edges),
+  ``(2 i + 1) / n - 1``: where ``grid_sample`` with ``align_corners=False`` reads pixel i exactly."""
+  return (2 * jnp.arange(n, dtype=dtype) + 1) / n - 1
+
+
 def make_coordinate_grid(spatial_shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
   """Regular grid over [-1, 1] (inclusive) for a 2D ``(H, W)`` or 3D ``(D, H, W)`` shape.
 

@@ -37,7 +37,15 @@ class Scorer:
       self.generated = FeatureStatistics(2048)
       self.real = FeatureStatistics(2048) if self.owns_real else real_from.real
 
-  def add(self, prediction: np.ndarray, target: np.ndarray | None, real: np.ndarray) -> None:
+  def add(
+    self,
+    prediction: np.ndarray,
+    target: np.ndarray | None,
+    real: np.ndarray,
+    points: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+  ) -> None:
+    """One batch; ``points``: the landmarks of ``prediction`` and ``target`` where the caller
+    has them already (AKD detects the others)."""
     from mmfa_jax.metrics import image_metrics
 
     if target is not None:
@@ -50,9 +58,11 @@ class Scorer:
       if "akd" in self.values:
         from mmfa_jax.metrics import average_keypoint_distance
 
-        distance = average_keypoint_distance(
-          self.landmarks(prediction), self.landmarks(target), prediction.shape[1]
+        prediction_points, target_points = (
+          self.landmarks(image) if known is None else known
+          for image, known in zip((prediction, target), points)
         )
+        distance = average_keypoint_distance(prediction_points, target_points, prediction.shape[1])
         self.values["akd"].extend(distance.tolist())
     if self.generated is not None:
       self.generated.add(np.asarray(self.inception(prediction)))
@@ -127,15 +137,24 @@ class Scores:
     own = [m for m in wanted if m != "fid"]
     self.own_frame = Scorer(own, lpips, None, landmarks=landmarks) if own_frame else None
     self.batch_size = batch_size
+    self.landmarks = landmarks if "akd" in wanted else None
 
   def add(self, item: Item, saved: np.ndarray) -> None:
     real = item.target if item.target is not None else item.driving
     copies = np.broadcast_to(item.source, item.driving.shape)
+    detect = self.landmarks is not None and item.target is not None
+    # AKD: the source's landmarks once per video, each target batch's once for both scorers.
+    source_points = np.asarray(self.landmarks(item.source[None])) if detect else None  # (1, L, 2)
     for start in range(0, len(saved), self.batch_size):
       rows = slice(start, start + self.batch_size)
       target = None if item.target is None else item.target[rows]
-      self.model.add(saved[rows], target, real[rows])
-      self.baseline.add(np.ascontiguousarray(copies[rows]), target, real[rows])
+      target_points = copy_points = None
+      if detect:
+        target_points = np.asarray(self.landmarks(target))  # (b, L, 2)
+        copy_points = np.broadcast_to(source_points, target_points.shape)
+      self.model.add(saved[rows], target, real[rows], (None, target_points))
+      copy = np.ascontiguousarray(copies[rows])
+      self.baseline.add(copy, target, real[rows], (copy_points, target_points))
     if self.own_frame is not None and item.target is not None:
       self.own_frame.add(saved[:1], item.target[:1], real[:1])
 

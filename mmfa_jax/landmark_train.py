@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from mmfa_jax.models.landmarks import LandmarkDetector, landmarks_from_config
+from mmfa_jax.ops.pyramid import gaussian_blur
 from mmfa_jax.pose_train import (
   fit,
   held_out_errors,
@@ -71,20 +72,6 @@ def face_landmarks(heads: Any, video: int, frame: int) -> np.ndarray:
   from mmfa_jax.data.synthetic import face_points
 
   return face_points(heads.identity(video), heads.motion(video, frame))[:, :2]
-
-
-def gaussian_blur(images: jax.Array, sigmas: jax.Array, radius: int = 3) -> jax.Array:
-  """Separable Gaussian blur of ``(B, H, W, C)`` with one ``sigma`` (pixels) per image; sigma 0
-  leaves an image unchanged. Edges are padded by replication."""
-  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)  # (T,)
-  safe = jnp.maximum(sigmas, 1e-3)[:, None]  # (B, 1)
-  taps = jnp.exp(-0.5 * (offsets[None] / safe) ** 2)
-  taps = jnp.where(sigmas[:, None] > 1e-3, taps, (offsets[None] == 0).astype(jnp.float32))
-  taps = taps / taps.sum(-1, keepdims=True)  # (B, T)
-  padded = jnp.pad(images, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
-  h, w = images.shape[1:3]
-  rows = sum(taps[:, i, None, None, None] * padded[:, i : i + h] for i in range(2 * radius + 1))
-  return sum(taps[:, i, None, None, None] * rows[:, :, i : i + w] for i in range(2 * radius + 1))
 
 
 class LandmarkTrainer:

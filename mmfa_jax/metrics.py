@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmfa_jax.ops.pyramid import gaussian_taps
+
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -44,10 +46,7 @@ def psnr(prediction: jax.Array, target: jax.Array, data_range: float = 1.0) -> j
 
 def gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:
   """The 1D taps of ``scipy.ndimage.gaussian_filter`` (radius ``int(truncate * sigma + 0.5)``)."""
-  radius = int(truncate * sigma + 0.5)
-  offsets = np.arange(-radius, radius + 1, dtype=np.float64)
-  taps = np.exp(-0.5 * (offsets / sigma) ** 2)
-  return (taps / taps.sum()).astype(np.float32)
+  return gaussian_taps(sigma, int(truncate * sigma + 0.5)).astype(np.float32)
 
 
 def _filter_valid(images: jax.Array, taps: jax.Array) -> jax.Array:

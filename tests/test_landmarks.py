@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from configs import synthetic, synthetic_landmarks
 from mmfa_jax import landmark_train
@@ -45,19 +44,6 @@ def test_detector_shapes_range_and_input_checks():
   assert np.all(np.abs(out["value"]) <= 1 - 1 / 16 + 1e-6)
   with pytest.raises(ValueError, match="multiple of input_size 32"):
     detector.apply(variables, images[:, :48, :48])
-
-
-def test_gaussian_blur_equals_scipy_and_sigma_zero_is_the_identity():
-  images = np.random.default_rng(0).uniform(size=(3, 12, 10, 2)).astype(np.float32)
-  sigmas = np.array([0.0, 0.7, 1.0], np.float32)
-  got = np.asarray(landmark_train.gaussian_blur(jnp.asarray(images), jnp.asarray(sigmas)))
-  np.testing.assert_array_equal(got[0], images[0])
-  for i in (1, 2):
-    # radius 3 pixels: scipy's truncate is radius / sigma; replicated edges are its "nearest".
-    want = ndimage.gaussian_filter(
-      images[i], (sigmas[i], sigmas[i], 0), mode="nearest", truncate=3 / sigmas[i]
-    )
-    np.testing.assert_allclose(got[i], want, atol=1e-5)
 
 
 def test_face_landmarks_are_the_true_face_points_in_the_image_plane():

@@ -1,12 +1,16 @@
-"""Anti-aliased downsampling against a PyTorch twin of the reference's AntiAliasInterpolation2d."""
+"""Anti-aliased downsampling against a PyTorch twin of the reference's AntiAliasInterpolation2d;
+the per-image Gaussian blur and the shared taps against scipy."""
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import ndimage
 from torch_oracles import torch_antialias
 
 from mmfa_jax.ops import antialias_downsample, antialias_kernel, image_pyramid
+from mmfa_jax.ops.pyramid import gaussian_blur, gaussian_taps
 
 
 @pytest.mark.parametrize(("scale", "size", "stride"), [(0.5, 5, 2), (0.25, 13, 4), (0.125, 29, 8)])
@@ -49,3 +53,28 @@ def test_zero_padding_darkens_borders_and_pyramid_shapes():
 def test_bad_scale():
   with pytest.raises(ValueError, match="0 < scale < 1"):
     antialias_kernel(2.0)
+
+
+def test_gaussian_blur_equals_scipy_and_sigma_zero_is_the_identity():
+  images = np.random.default_rng(0).uniform(size=(3, 12, 10, 2)).astype(np.float32)
+  sigmas = np.array([0.0, 0.7, 1.0], np.float32)
+  got = np.asarray(gaussian_blur(jnp.asarray(images), jnp.asarray(sigmas)))
+  np.testing.assert_array_equal(got[0], images[0])
+  for i in (1, 2):
+    # radius 3 pixels: scipy's truncate is radius / sigma; replicated edges are its "nearest".
+    want = ndimage.gaussian_filter(
+      images[i], (sigmas[i], sigmas[i], 0), mode="nearest", truncate=3 / sigmas[i]
+    )
+    np.testing.assert_allclose(got[i], want, atol=1e-5)
+
+
+def test_gaussian_taps_in_numpy_and_jax_agree_with_scipys_kernel():
+  """scipy.ndimage.gaussian_filter1d of a unit impulse is its kernel; a batch of JAX sigmas gives
+  the same taps (float32), sigma 0 the identity tap."""
+  impulse = np.zeros(9)
+  impulse[4] = 1
+  want = ndimage.gaussian_filter1d(impulse, 1.3, truncate=4 / 1.3, mode="constant")
+  np.testing.assert_allclose(gaussian_taps(1.3, 4), want, atol=1e-12)
+  batch = np.asarray(gaussian_taps(jnp.asarray([1.3, 0.0]), 4))  # (2, 9)
+  np.testing.assert_allclose(batch[0], want, atol=1e-6)
+  np.testing.assert_array_equal(batch[1], impulse)

@@ -1,4 +1,5 @@
-"""Anti-aliased downsampling (the reference's AntiAliasInterpolation2d) and image pyramids.
+"""Gaussian filters: anti-aliased downsampling (the reference's AntiAliasInterpolation2d), image
+pyramids and a blur with one sigma per image.
 
 Exactly architecture.md 2.9: ``sigma = (1 / scale - 1) / 2``, kernel size ``2 * round(4 * sigma) + 1``
 (Python rounding), a normalised separable Gaussian centred at ``(size - 1) / 2`` applied depthwise
@@ -16,16 +17,35 @@ import numpy as np
 from jax import lax
 
 
+def gaussian_taps(sigma: float | np.ndarray | jax.Array, radius: int) -> np.ndarray | jax.Array:
+  """Normalised 1D Gaussian taps at offsets ``-radius..radius`` (pixels): ``(..., 2 radius + 1)``
+  for ``sigma`` of shape ``(...)``. NumPy float64 for a Python or NumPy ``sigma``, JAX (traceable)
+  for a JAX one; a sigma at or below 1e-3 gives the identity tap."""
+  xp = jnp if isinstance(sigma, jax.Array) else np
+  sigma = xp.asarray(sigma)[..., None]  # (..., 1)
+  offsets = xp.arange(-radius, radius + 1, dtype=sigma.dtype)  # (T,)
+  safe = xp.maximum(sigma, 1e-3)
+  taps = xp.where(sigma > 1e-3, xp.exp(-0.5 * (offsets / safe) ** 2), offsets == 0)
+  return taps / taps.sum(-1, keepdims=True)
+
+
 def antialias_kernel(scale: float) -> np.ndarray:
   """The normalised 2D Gaussian ``(size, size)`` float32 kernel for a downsampling ``scale``."""
   if not 0 < scale < 1:
     raise ValueError(f"antialias_kernel needs 0 < scale < 1, got {scale}")
   sigma = (1 / scale - 1) / 2
-  size = 2 * round(sigma * 4) + 1
-  position = np.arange(size, dtype=np.float64)
-  gaussian_1d = np.exp(-((position - (size - 1) / 2) ** 2) / (2 * sigma**2))
-  kernel = np.outer(gaussian_1d, gaussian_1d)
-  return (kernel / kernel.sum()).astype(np.float32)
+  gaussian_1d = gaussian_taps(sigma, round(sigma * 4))  # size 2 * round(4 sigma) + 1
+  return np.outer(gaussian_1d, gaussian_1d).astype(np.float32)
+
+
+def gaussian_blur(images: jax.Array, sigmas: jax.Array, radius: int = 3) -> jax.Array:
+  """Separable Gaussian blur of ``(B, H, W, C)`` with one ``sigma`` (pixels) per image, taps
+  ``-radius..radius``; sigma 0 leaves an image unchanged. Edges are padded by replication."""
+  taps = gaussian_taps(jnp.asarray(sigmas, jnp.float32), radius)  # (B, T)
+  padded = jnp.pad(images, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+  h, w = images.shape[1:3]
+  rows = sum(taps[:, i, None, None, None] * padded[:, i : i + h] for i in range(2 * radius + 1))
+  return sum(taps[:, i, None, None, None] * rows[:, :, i : i + w] for i in range(2 * radius + 1))
 
 
 def antialias_downsample(

@@ -9,8 +9,9 @@ costs 8 s on a 2-core CPU (6.6 s tracing, 1.7 s lowering; 5.8 s more load its ca
 the exported program, so every process compiles the same module and the compilation cache hits.
 
 ``KEY`` covers everything the program depends on: the jax and jaxlib versions, every Python source
-of the ``mmfa_jax`` package, the identity the caller gives (``config_identity``), the mesh and the
-platform, and each argument's path, shape, dtype and sharding. Anything that cannot be exported
+of the ``mmfa_jax`` package, the identity the caller gives (``config_identity``), the convolution
+implementation traced (``MMFA_JAX_CONV`` or ``conv_implementation``), the mesh and the platform,
+and each argument's path, shape, dtype and sharding. Anything that cannot be exported
 falls back to the plain ``jax.jit`` (logged once). ``MMFA_JAX_CACHE_DIR=none`` turns it off, and
 so does a run of several processes (each would decide alone whether it could export).
 
@@ -39,6 +40,7 @@ from absl import logging
 
 from mmfa_jax.atomic import write_atomically
 from mmfa_jax.compilation_cache import cache_directory
+from mmfa_jax.ops.convolution import resolved_conv_implementation
 
 FORMAT = "1"  # of the files and the key
 TRACED_DIR = "traced"
@@ -180,6 +182,7 @@ class CachedStep:
   def _key(self, args: tuple[Any, ...]) -> str:
     parts = [FORMAT, jax.__version__, jax.lib.__version__, source_digest(), self._identity]
     parts.append(f"{jax.default_backend()}:{jax.devices()[0].device_kind}")
+    parts.append(f"conv:{resolved_conv_implementation()}")  # chosen at trace time
     for arg, sharding in zip(args, self._in_shardings, strict=True):
       parts.extend(_describe(arg, sharding))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]

@@ -13,6 +13,7 @@ import pytest
 
 from configs import synthetic
 from mmfa_jax import traced_steps
+from mmfa_jax.ops.convolution import conv_implementation
 from mmfa_jax.sharding import batch_sharding, make_mesh, replicated
 from mmfa_jax.traced_steps import CachedStep, config_identity, from_skeleton, skeleton
 
@@ -127,6 +128,26 @@ def test_off_without_a_cache_and_keyed_by_the_sources(monkeypatch, tmp_path):
   edited = _cached(mesh)
   edited(*_args(mesh))
   assert not edited.loaded_from_cache and len(os.listdir(tmp_path / "traced")) == 4
+
+
+def test_keyed_by_the_convolution_implementation(monkeypatch, tmp_path):
+  """MMFA_JAX_CONV is read when the step is traced: a program traced with one implementation is
+  not reused under another (a run with MMFA_JAX_CONV=decomposed must not train depth taps)."""
+  monkeypatch.setenv("MMFA_JAX_CACHE_DIR", str(tmp_path))
+  mesh = make_mesh(None)
+  monkeypatch.setenv("MMFA_JAX_CONV", "depth_taps")
+  _cached(mesh)(*_args(mesh))
+  same = _cached(mesh)
+  same(*_args(mesh))
+  assert same.loaded_from_cache
+  monkeypatch.setenv("MMFA_JAX_CONV", "decomposed")
+  other = _cached(mesh)
+  other(*_args(mesh))
+  assert not other.loaded_from_cache and len(os.listdir(tmp_path / "traced")) == 4
+  with conv_implementation("native"):
+    native = _cached(mesh)
+    native(*_args(mesh))
+  assert not native.loaded_from_cache and len(os.listdir(tmp_path / "traced")) == 6
 
 
 def test_config_identity_ignores_only_the_loop_fields():

@@ -43,9 +43,10 @@ class Scorer:
     target: np.ndarray | None,
     real: np.ndarray,
     points: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
-  ) -> None:
+  ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """One batch; ``points``: the landmarks of ``prediction`` and ``target`` where the caller
-    has them already (AKD detects the others)."""
+    has them already (AKD detects the others). Returns both landmark sets ((B, L, 2) each, or the
+    ``points`` given where AKD is not scored), for the caller to reuse."""
     from mmfa_jax.metrics import image_metrics
 
     if target is not None:
@@ -58,16 +59,17 @@ class Scorer:
       if "akd" in self.values:
         from mmfa_jax.metrics import average_keypoint_distance
 
-        prediction_points, target_points = (
-          self.landmarks(image) if known is None else known
+        points = tuple(
+          np.asarray(self.landmarks(image)) if known is None else known
           for image, known in zip((prediction, target), points)
         )
-        distance = average_keypoint_distance(prediction_points, target_points, prediction.shape[1])
+        distance = average_keypoint_distance(*points, prediction.shape[1])
         self.values["akd"].extend(distance.tolist())
     if self.generated is not None:
       self.generated.add(np.asarray(self.inception(prediction)))
       if self.owns_real:
         self.real.add(np.asarray(self.inception(real)))
+    return points
 
   def summary(self) -> dict[str, float]:
     from mmfa_jax.metrics import fid, mean_finite
@@ -145,6 +147,7 @@ class Scores:
     detect = self.landmarks is not None and item.target is not None
     # AKD: the source's landmarks once per video, each target batch's once for both scorers.
     source_points = np.asarray(self.landmarks(item.source[None])) if detect else None  # (1, L, 2)
+    first_points = None  # frame 0's (generated, target) landmarks, for its own scorer
     for start in range(0, len(saved), self.batch_size):
       rows = slice(start, start + self.batch_size)
       target = None if item.target is None else item.target[rows]
@@ -152,11 +155,13 @@ class Scores:
       if detect:
         target_points = np.asarray(self.landmarks(target))  # (b, L, 2)
         copy_points = np.broadcast_to(source_points, target_points.shape)
-      self.model.add(saved[rows], target, real[rows], (None, target_points))
+      model_points = self.model.add(saved[rows], target, real[rows], (None, target_points))
+      if first_points is None:
+        first_points = tuple(None if p is None else p[:1] for p in model_points)
       copy = np.ascontiguousarray(copies[rows])
       self.baseline.add(copy, target, real[rows], (copy_points, target_points))
     if self.own_frame is not None and item.target is not None:
-      self.own_frame.add(saved[:1], item.target[:1], real[:1])
+      self.own_frame.add(saved[:1], item.target[:1], real[:1], first_points)
 
   def summary(self) -> dict[str, Any]:
     own = self.own_frame.summary() if self.own_frame is not None else {}

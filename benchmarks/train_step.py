@@ -57,6 +57,7 @@ def build_step(config_name: str, batch_size: int, dtype: str) -> dict:
   from mmfa_jax.compilation_cache import CompileCounter
   from mmfa_jax.objective import Networks
   from mmfa_jax.sharding import make_mesh, replicated
+  from mmfa_jax.traced_steps import step_compiler_options
   from mmfa_jax.train import Trainer
 
   config = load_config(config_name)
@@ -79,7 +80,8 @@ def build_step(config_name: str, batch_size: int, dtype: str) -> dict:
 
   start = time.perf_counter()
   with CompileCounter() as compiles:
-    compiled = trainer.compiled_step.lower(*args).compile()  # optimized, never the quick tier
+    # Optimized, never the quick tier, with the options the training step compiles with.
+    compiled = trainer.compiled_step.lower(*args).compile(compiler_options=step_compiler_options())
   compile_seconds = time.perf_counter() - start
   return dict(
     trainer=trainer,

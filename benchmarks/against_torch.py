@@ -21,12 +21,17 @@ pixel difference of one animated frame). Then, in float32 and bfloat16 (``torch.
       [--json OUT.jsonl]
 
 Seconds are medians of ``--repeats`` after a warm-up call; ``speed`` is PyTorch's time over
-mmfa_jax's (above 1: mmfa_jax is faster).
+mmfa_jax's (above 1: mmfa_jax is faster). The training row also gives the step's work as PyTorch
+counts it (``torch.utils.flop_counter``: convolutions and matrix products, forward and backward,
+both updates), each side's rate in GFLOP/s, and the device's float32 matrix-product rate measured
+here (``matmul_rate``): work over that rate is what a step would take if every convolution ran as
+fast as one large matrix product, a floor for both frameworks.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -135,6 +140,36 @@ def _random_tps(batch: int, generator, device):
   return warp
 
 
+def matmul_rate(device, size: int = 2048, repeats: int = 5) -> float:
+  """The device's float32 rate in GFLOP/s on one ``size`` x ``size`` matrix product (PyTorch's
+  BLAS, its default threads; the best of ``repeats``)."""
+  import torch
+
+  a = torch.randn(size, size, device=device)
+  b = torch.randn(size, size, device=device)
+  best = float("inf")
+  for _ in range(repeats + 1):
+    if device.type == "cuda":
+      torch.cuda.synchronize()
+    start = time.perf_counter()
+    a @ b
+    if device.type == "cuda":
+      torch.cuda.synchronize()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best / 1e9
+
+
+def counted_flops(step) -> int:
+  """The floating-point operations of one call of ``step`` as ``torch.utils.flop_counter`` counts
+  them (convolutions and matrix products, forward and backward)."""
+  from torch.utils.flop_counter import FlopCounterMode
+
+  counter = FlopCounterMode(display=False)
+  with counter:
+    step()
+  return counter.get_total_flops()
+
+
 def torch_training_step(
   modules, frozen, optimizers, source, driving, loss_config, scales, generator
 ):
@@ -205,6 +240,25 @@ def torch_training_step(
   disc_loss.backward()
   optimizers["discriminator"].step()
   return float(loss.detach()), float(disc_loss.detach())
+
+
+def _rates(flops: int, torch_s: float, jax_s: float, device) -> dict:
+  """The training row's work and rates (the module docstring), printed and returned for JSON."""
+  rate = matmul_rate(device)
+  rates = dict(
+    gflop=round(flops / 1e9, 1),
+    torch_gflops=round(flops / torch_s / 1e9, 1),
+    jax_gflops=round(flops / jax_s / 1e9, 1),
+    matmul_gflops=round(rate, 1),
+    floor_s=round(flops / 1e9 / rate, 3),
+  )
+  print(
+    f"  work {rates['gflop']} GFLOP: PyTorch {rates['torch_gflops']} GFLOP/s, mmfa_jax "
+    f"{rates['jax_gflops']} GFLOP/s; a {rate:.1f} GFLOP/s matrix product would take "
+    f"{rates['floor_s']} s",
+    flush=True,
+  )
+  return rates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,6 +394,11 @@ def main() -> None:
     if args.no_train:
       continue
     batch = args.train_batch
+    # mmfa_jax's step first, in a fresh process, while this one holds only the models: on a CPU
+    # the memory PyTorch's step touches stays with this process (measured: the face-vid2vid step
+    # at batch 1 after it ran out of the machine's 23 GiB).
+    print(f"mmfa_jax train step {dtype} in a fresh process", flush=True)
+    jax_result = _jax_training(args.config, batch, dtype, args.repeats)
     for module in modules.values():
       module.train()
     optimizers = {
@@ -360,17 +419,18 @@ def main() -> None:
     if device.type == "cuda":
       torch.cuda.reset_peak_memory_stats()
     torch_s = _median_seconds(torch_step, args.repeats, torch_sync)
+    flops = counted_flops(torch_step) if dtype == "float32" else None
     for module in modules.values():
       module.eval()
     peak_torch = (
       round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
     )
-    print(f"PyTorch train step {dtype}: {torch_s:.4f} s, peak {peak_torch} GiB; now mmfa_jax's "
-          "in a fresh process", flush=True)  # fmt: skip
-    optimizers.clear()  # the Adam moments and cached blocks go back before mmfa_jax runs
+    print(f"PyTorch train step {dtype}: {torch_s:.4f} s, peak {peak_torch} GiB", flush=True)
+    optimizers.clear()  # the Adam moments and cached blocks go back before the next dtype
     if device.type == "cuda":
       torch.cuda.empty_cache()
-    jax_result = _jax_training(args.config, batch, dtype, args.repeats)
+    elif sys.platform.startswith("linux"):  # freed host memory back to the system, for the next
+      ctypes.CDLL("libc.so.6").malloc_trim(0)
     report(
       "train step (s/step)",
       dtype,
@@ -380,6 +440,7 @@ def main() -> None:
       torch_peak_gib=peak_torch,
       jax_peak_gib=jax_result["peak_gib"],
       jax_peak_kind=jax_result["peak_kind"],
+      **({} if flops is None else _rates(flops, torch_s, jax_result["step_s"], device)),
     )
 
 

@@ -57,7 +57,6 @@ def build_step(config_name: str, batch_size: int, dtype: str) -> dict:
   from mmfa_jax.compilation_cache import CompileCounter
   from mmfa_jax.objective import Networks
   from mmfa_jax.sharding import make_mesh, replicated
-  from mmfa_jax.traced_steps import step_compiler_options
   from mmfa_jax.train import Trainer
 
   config = load_config(config_name)
@@ -80,8 +79,7 @@ def build_step(config_name: str, batch_size: int, dtype: str) -> dict:
 
   start = time.perf_counter()
   with CompileCounter() as compiles:
-    # Optimized, never the quick tier, with the options the training step compiles with.
-    compiled = trainer.compiled_step.lower(*args).compile(compiler_options=step_compiler_options())
+    compiled = trainer.compiled_step.lower(*args).compile()  # optimized, never the quick tier
   compile_seconds = time.perf_counter() - start
   return dict(
     trainer=trainer,

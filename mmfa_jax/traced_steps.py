@@ -47,20 +47,6 @@ TRACED_DIR = "traced"
 # The quick tier's XLA options: no LLVM optimization of the fused kernels (library convolutions
 # and matrix products are not compiled, so they run at full speed either way).
 QUICK_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-# XLA:CPU's options for every compilation of a training step. Its concurrency-optimized scheduler
-# orders the program so that independent kernels can run at once; on the training steps it kept
-# about twice the memory alive and was not faster (README, "Speed against the PyTorch reference").
-CPU_STEP_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
-
-
-def step_compiler_options(quick: bool = False) -> dict[str, Any]:
-  """The XLA options a training step compiles with on JAX's default backend (``quick``: the quick
-  tier's, ``QUICK_COMPILER_OPTIONS``, added). An option that ``XLA_FLAGS`` sets is left to it."""
-  options = dict(CPU_STEP_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
-  if quick:
-    options.update(QUICK_COMPILER_OPTIONS)
-  flags = os.environ.get("XLA_FLAGS", "")
-  return {name: value for name, value in options.items() if f"--{name}" not in flags}
 
 
 @functools.cache
@@ -191,7 +177,6 @@ class CachedStep:
       in_shardings=self._in_shardings,
       out_shardings=self._out_shardings,
       donate_argnums=(0, 1),
-      compiler_options=step_compiler_options(),
     )
 
   def _key(self, args: tuple[Any, ...]) -> str:
@@ -242,7 +227,6 @@ class CachedStep:
       in_shardings=self._in_shardings,
       out_shardings=self._out_shardings,
       donate_argnums=(0, 1),
-      compiler_options=step_compiler_options(),
     )
 
   def _load(self, path: str) -> Any:
@@ -303,7 +287,7 @@ class CachedStep:
     start = time.perf_counter()
     self._lowered = self._jitted.lower(*args)
     self.lowered.set()
-    self._program = self._lowered.compile(compiler_options=step_compiler_options(quick=True))
+    self._program = self._lowered.compile(compiler_options=QUICK_COMPILER_OPTIONS)
     self.quick_compile_seconds = time.perf_counter() - start
     self.tier = "quick"
     return self._program(*args)
@@ -317,7 +301,7 @@ class CachedStep:
     def optimize() -> None:
       start = time.perf_counter()
       try:
-        self._optimized.append(self._lowered.compile(compiler_options=step_compiler_options()))
+        self._optimized.append(self._lowered.compile())
       except Exception as error:  # the quick program keeps training
         self._optimized.append(error)
       self.optimize_seconds = time.perf_counter() - start
@@ -346,8 +330,7 @@ class CachedStep:
       self._adopt_optimized()
 
   def lower(self, *args: Any) -> Any:
-    """``jax.jit(...).lower`` of what the steps run (for benchmarks:
-    ``.compile(compiler_options=step_compiler_options())``)."""
+    """``jax.jit(...).lower`` of what the steps run (for benchmarks: ``.compile()``)."""
     if self._jitted is None:
       self._jitted = self._build(args)
     return self._jitted.lower(*args)

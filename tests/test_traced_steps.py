@@ -237,39 +237,3 @@ def test_a_failed_first_step_still_releases_what_waits_for_its_lowering():
   with pytest.raises(RuntimeError, match="cannot be traced"):
     step(*_args(make_mesh(None)))
   assert step.lowered.is_set()
-
-
-def test_step_compiler_options_on_cpu_and_left_to_xla_flags(monkeypatch):
-  """On the CPU every step compilation turns the concurrency-optimized scheduler off; the quick
-  tier adds its own options; an option that XLA_FLAGS sets is not overridden."""
-  monkeypatch.delenv("XLA_FLAGS", raising=False)
-  scheduler = "xla_cpu_enable_concurrency_optimized_scheduler"
-  assert traced_steps.step_compiler_options() == {scheduler: False}
-  assert traced_steps.step_compiler_options(quick=True) == {
-    scheduler: False,
-    "xla_backend_optimization_level": 0,
-  }
-  monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 --{scheduler}=true")
-  assert traced_steps.step_compiler_options() == {}
-
-
-@pytest.mark.parametrize("path", ["plain", "exported", "quick", "optimized"])
-def test_every_compilation_of_a_step_takes_its_compiler_options(monkeypatch, tmp_path, path):
-  """An option XLA does not know makes each way of compiling a step fail: so each passes
-  ``step_compiler_options`` (jax.jit without and with the traced-step cache, both tiers)."""
-  monkeypatch.setenv("MMFA_JAX_CACHE_DIR", "none" if path == "plain" else str(tmp_path))
-  bogus = {"xla_no_such_option_for_the_test": 1}
-  mesh = make_mesh(None)
-  # A function of its own each time: jax would reuse the executable of an earlier step.
-  step = _cached(mesh, quick_first=path in ("quick", "optimized"), step_fn=lambda *a: toy_step(*a))
-  if path == "optimized":  # the quick tier compiles with the real options first
-    step(*_args(mesh))
-  monkeypatch.setattr(traced_steps, "step_compiler_options", lambda quick=False: bogus)
-  with pytest.raises(Exception, match="xla_no_such_option_for_the_test"):
-    if path == "optimized":
-      step.optimize_in_background()
-      step.finish_optimizing()
-      if step.tier == "quick (optimizing failed)":  # the error was logged, not raised
-        raise RuntimeError(f"optimizing failed: {step._optimized[0]}")
-    else:
-      step(*_args(mesh))

@@ -140,23 +140,14 @@ def _random_tps(batch: int, generator, device):
   return warp
 
 
-def matmul_rate(device, size: int = 2048, repeats: int = 5) -> float:
+def matmul_rate(device, sync, size: int = 2048, repeats: int = 5) -> float:
   """The device's float32 rate in GFLOP/s on one ``size`` x ``size`` matrix product (PyTorch's
-  BLAS, its default threads; the best of ``repeats``)."""
+  BLAS, its default threads; the median of ``repeats``, ``sync`` waiting for the device)."""
   import torch
 
   a = torch.randn(size, size, device=device)
   b = torch.randn(size, size, device=device)
-  best = float("inf")
-  for _ in range(repeats + 1):
-    if device.type == "cuda":
-      torch.cuda.synchronize()
-    start = time.perf_counter()
-    a @ b
-    if device.type == "cuda":
-      torch.cuda.synchronize()
-    best = min(best, time.perf_counter() - start)
-  return 2 * size**3 / best / 1e9
+  return 2 * size**3 / _median_seconds(lambda: a @ b, repeats, sync) / 1e9
 
 
 def counted_flops(step) -> int:
@@ -242,9 +233,9 @@ def torch_training_step(
   return float(loss.detach()), float(disc_loss.detach())
 
 
-def _rates(flops: int, torch_s: float, jax_s: float, device) -> dict:
+def _rates(flops: int, torch_s: float, jax_s: float, device, sync) -> dict:
   """The training row's work and rates (the module docstring), printed and returned for JSON."""
-  rate = matmul_rate(device)
+  rate = matmul_rate(device, sync)
   rates = dict(
     gflop=round(flops / 1e9, 1),
     torch_gflops=round(flops / torch_s / 1e9, 1),
@@ -440,7 +431,7 @@ def main() -> None:
       torch_peak_gib=peak_torch,
       jax_peak_gib=jax_result["peak_gib"],
       jax_peak_kind=jax_result["peak_kind"],
-      **({} if flops is None else _rates(flops, torch_s, jax_result["step_s"], device)),
+      **({} if flops is None else _rates(flops, torch_s, jax_result["step_s"], device, torch_sync)),
     )
 
 

@@ -127,7 +127,12 @@ def _networks(model: ml_collections.ConfigDict, tiny: bool) -> None:
   )
   model.hopenet.update(dict(layers=(1, 1, 1, 1), widths=(8 * w, 16 * w, 32 * w, 64 * w)))
   model.scale_translation.update(
-    dict(block_expansion=8 * w, widths=(16 * w, 32 * w, 64 * w, 128 * w), blocks=(1, 1, 1, 1))
+    dict(
+      block_expansion=8 * w,
+      widths=(16 * w, 32 * w, 64 * w, 128 * w),
+      blocks=(1, 1, 1, 1),
+      translation="heatmap",  # 8 x 8 map at 64 px (stage 1)
+    )
   )
   model.expression_encoder.update(dict(stem_features=8 * w, widths=(16 * w, 32 * w), latent_dim=16))
   model.expression_decoder.update(dict(hidden=(32 * w, 32 * w)))

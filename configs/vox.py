@@ -54,8 +54,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.hopenet = ml_collections.ConfigDict(
     dict(layers=(3, 4, 6, 3), widths=(64, 128, 256, 512))
   )
+  # translation: "pooled" (fc_t on the pooled trunk features, mmfa_delta 3) or "heatmap" (x, y
+  # also from the soft-argmax of a map over the trunk's stage `heatmap_stage`: follows the head).
   config.model.scale_translation = ml_collections.ConfigDict(
-    dict(block_expansion=64, widths=(256, 512, 1024, 2048), blocks=(3, 3, 5, 2))
+    dict(
+      block_expansion=64,
+      widths=(256, 512, 1024, 2048),
+      blocks=(3, 3, 5, 2),
+      translation="pooled",
+      heatmap_stage=1,
+    )
   )
   config.model.expression_encoder = ml_collections.ConfigDict(
     dict(stem_features=64, widths=(256, 512), latent_dim=128)

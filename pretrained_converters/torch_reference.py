@@ -204,10 +204,11 @@ class HEEstimator(nn.Module):
     self.fc_t = nn.Linear(previous, 3)
     self.fc_exp = nn.Linear(previous, 3 * num_kp)
 
-  def trunk(self, x):
-    """Stem, bottleneck stages and global average pooling: (B, widths[-1])."""
+  def stage_maps(self, x):
+    """Stem and bottleneck stages: every stage's output (B, widths[s], h, w)."""
     out = self.maxpool(F.relu(self.norm1(self.conv1(x))))
     block_index = 1
+    maps = []
     for stage in range(self.num_stages):
       out = F.relu(getattr(self, f"norm{stage + 2}")(getattr(self, f"conv{stage + 2}")(out)))
       if stage > 0:
@@ -215,7 +216,12 @@ class HEEstimator(nn.Module):
         block_index += 1
       out = getattr(self, f"block{block_index}")(out)
       block_index += 1
-    return out.mean(dim=(2, 3))
+      maps.append(out)
+    return maps
+
+  def trunk(self, x):
+    """Stem, bottleneck stages and global average pooling: (B, widths[-1])."""
+    return self.stage_maps(x)[-1].mean(dim=(2, 3))
 
   def forward(self, x):
     out = self.trunk(x)
@@ -303,17 +309,42 @@ def hopenet_input(images_nchw):
 
 
 class ScaleTranslationHead(HEEstimator):
-  """MMFA's head (mmfa_delta 3): the HEEstimator trunk with fc_t and fc_scale (s = exp)."""
+  """MMFA's head (mmfa_delta 3): the HEEstimator trunk with fc_t and fc_scale (s = exp).
 
-  def __init__(self, block_expansion=64, widths=(256, 512, 1024, 2048), blocks=(3, 3, 5, 2)):
+  ``translation='heatmap'``: x and y also get the expected position under the softmax, over all
+  positions, of a 1x1 convolution (``translation_map``, a Linear over channels) of stage ``heatmap_stage``'s output, the
+  positions at ``-1 + 2 i / (n - 1)`` along each axis."""
+
+  def __init__(
+    self,
+    block_expansion=64,
+    widths=(256, 512, 1024, 2048),
+    blocks=(3, 3, 5, 2),
+    translation="pooled",
+    heatmap_stage=1,
+  ):
     super().__init__(block_expansion, widths, blocks)
     for name in ("fc_roll", "fc_pitch", "fc_yaw", "fc_exp"):
       delattr(self, name)
     self.fc_scale = nn.Linear(widths[-1], 1)
+    self.heatmap_stage = heatmap_stage if translation == "heatmap" else None
+    if self.heatmap_stage is not None:
+      self.translation_map = nn.Linear(widths[heatmap_stage], 1)  # a 1x1 convolution
 
   def forward(self, x):
-    out = self.trunk(x)
-    return {"scale": torch.exp(self.fc_scale(out)[:, 0]), "translation": self.fc_t(out)}
+    maps = self.stage_maps(x)
+    out = maps[-1].mean(dim=(2, 3))
+    translation = self.fc_t(out)
+    if self.heatmap_stage is not None:
+      stage_map = maps[self.heatmap_stage].permute(0, 2, 3, 1)  # (B, h, w, C)
+      logits = self.translation_map(stage_map)[..., 0]  # (B, h, w)
+      weights = torch.softmax(logits.flatten(1), dim=1).view_as(logits)
+      ys = torch.linspace(-1, 1, logits.shape[1])
+      xs = torch.linspace(-1, 1, logits.shape[2])
+      centre_x = (weights.sum(dim=1) * xs).sum(dim=1)
+      centre_y = (weights.sum(dim=2) * ys).sum(dim=1)
+      translation = translation + torch.stack([centre_x, centre_y, torch.zeros_like(centre_x)], 1)
+    return {"scale": torch.exp(self.fc_scale(out)[:, 0]), "translation": translation}
 
 
 class ExpressionEncoder(nn.Module):

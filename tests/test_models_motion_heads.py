@@ -17,6 +17,7 @@ from mmfa_jax.models import (
   ScaleTranslationHead,
   prepare_hopenet_input,
 )
+from mmfa_jax.models.he_estimator import HETrunk
 from mmfa_jax.models.hopenet import hopenet_head_pose
 from mmfa_jax.models.motion import zero_head_pose
 from mmfa_jax.models.variants import VARIANTS
@@ -72,19 +73,53 @@ def test_hopenet_matches_twin():
   _close(got["roll"], roll)
 
 
-def test_scale_translation_head_matches_twin():
-  twin = torch_twins.randomize_batchnorm(torch_twins.ScaleTranslationHead(**SMALL_TRUNK)).eval()
+@pytest.mark.parametrize("translation", ["pooled", "heatmap"])
+def test_scale_translation_head_matches_twin(translation):
+  options = dict(SMALL_TRUNK, translation=translation)
+  twin = torch_twins.randomize_batchnorm(torch_twins.ScaleTranslationHead(**options)).eval()
+  if translation == "heatmap":  # a map that varies enough for the softmax to be far from uniform
+    torch.nn.init.normal_(twin.translation_map.weight, std=3.0)
   images = _images((2, 64, 64, 3), seed=1)
-  model = ScaleTranslationHead(**SMALL_TRUNK)
+  model = ScaleTranslationHead(**options)
   variables = motion_converter.convert_scale_translation(_state(twin), _template(model, images))
   got = model.apply(variables, images)
   with torch.no_grad():
     want = twin(to_channels_first(images))
+    pooled_only = twin.fc_t(twin.trunk(to_channels_first(images)))
   _close(got["scale"], want["scale"])
   _close(got["translation"], want["translation"])
-  # Freshly initialised, the scale is exactly 1.
+  if translation == "heatmap":  # the map moved x and y (not z) by a visible amount
+    moved = np.abs(np.asarray(got["translation"]) - pooled_only.numpy())
+    assert moved[:, :2].max() > 0.05 and moved[:, 2].max() < 1e-5
+  # Freshly initialised, the scale is exactly 1 and the translation exactly 0.
   fresh = model.init(jax.random.key(0), images)
-  np.testing.assert_array_equal(model.apply(fresh, images)["scale"], np.ones(2))
+  out = model.apply(fresh, images)
+  np.testing.assert_array_equal(out["scale"], np.ones(2))
+  np.testing.assert_allclose(out["translation"], np.zeros((2, 3)), atol=1e-7)
+
+
+def test_scale_translation_heatmap_follows_the_content():
+  """A hand-set map (the first channel of stage 0) on a bright square: the head's x and y are the
+  expectation of make_coordinate_grid under the softmax, computed here with NumPy."""
+  model = ScaleTranslationHead(**SMALL_TRUNK, translation="heatmap", heatmap_stage=0)
+  image = np.zeros((1, 64, 64, 3), np.float32)
+  image[:, 8:24, 36:52] = 1.0  # right of centre, above it
+  variables = jax.tree.map(np.asarray, model.init(jax.random.key(1), image))
+  kernel = np.zeros_like(variables["params"]["translation_map"]["kernel"])  # (16, 1)
+  kernel[0, 0] = 4.0
+  variables["params"]["translation_map"]["kernel"] = kernel
+  translation = model.apply(variables, image)["translation"]
+  trunk = {name: tree["trunk"] for name, tree in variables.items()}
+  _, stage_map = HETrunk(8, (16, 32, 64, 128), (1, 1, 1, 1)).apply(trunk, image, False, 0)
+  logits = 4.0 * np.asarray(stage_map)[0, :, :, 0]  # (16, 16)
+  weights = np.exp(logits - logits.max())
+  weights /= weights.sum()
+  axis = np.linspace(-1, 1, 16)
+  np.testing.assert_allclose(
+    np.asarray(translation)[0, :2],
+    [(weights.sum(0) * axis).sum(), (weights.sum(1) * axis).sum()],
+    atol=1e-5,
+  )
 
 
 def test_expression_encoder_matches_twin():

@@ -37,7 +37,11 @@ class HETrunk(nn.Module):
   dtype: Dtype | None = None
 
   @nn.compact
-  def __call__(self, image: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+    self, image: jax.Array, train: bool = False, stage_map: int | None = None
+  ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Pooled features; with ``stage_map`` s, also stage s's feature map ``(B, h, w, widths[s])``."""
+
     def conv_bn_relu(index: int, features: int, x: jax.Array, **conv_kwargs: Any) -> jax.Array:
       x = Conv(features, dtype=self.dtype, name=f"conv{index}", **conv_kwargs)(x)
       x = BatchNorm(dtype=self.dtype, name=f"norm{index}")(x, use_running_average=not train)
@@ -46,6 +50,7 @@ class HETrunk(nn.Module):
     x = conv_bn_relu(1, self.block_expansion, image, kernel_size=(7, 7), strides=2, padding=3)
     x = max_pool(x, (3, 3), (2, 2), 1)
     block_index = 1
+    maps = []
     for stage, (width, count) in enumerate(zip(self.widths, self.blocks)):
       x = conv_bn_relu(stage + 2, width, x, kernel_size=(1, 1))
       if stage > 0:
@@ -55,7 +60,9 @@ class HETrunk(nn.Module):
         count, prefix=f"b{block_index}", dtype=self.dtype, name=f"block{block_index}"
       )(x, train)
       block_index += 1
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # (B, widths[-1])
+      maps.append(x)
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # (B, widths[-1])
+    return pooled if stage_map is None else (pooled, maps[stage_map])
 
 
 class HEEstimator(nn.Module):

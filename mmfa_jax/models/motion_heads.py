@@ -11,37 +11,59 @@ import jax.numpy as jnp
 
 from mmfa_jax.models.blocks import ResBottleneck
 from mmfa_jax.models.he_estimator import HETrunk
+from mmfa_jax.ops.grid_sample import make_coordinate_grid
+from mmfa_jax.ops.keypoints import soft_argmax
 from mmfa_jax.ops.layers import BatchNorm, Conv, Dense, max_pool
 
 Dtype = Any
+TRANSLATION_HEADS = ("pooled", "heatmap")  # ScaleTranslationHead.translation
 
 
 class ScaleTranslationHead(nn.Module):
   """Image -> ``{'scale': (B,), 'translation': (B, 3)}``.
 
-  The HEEstimator trunk (``trunk``) with two Linear heads: ``fc_t`` (translation, normalised
-  units) and ``fc_scale``, zero-initialised, with ``scale = exp(fc_scale(features))`` so that it
-  starts at 1 and stays positive.
+  The HEEstimator trunk (``trunk``) with two Linear heads on its pooled features, both
+  zero-initialised: ``fc_t`` (translation, normalised units (x, y, z), so it starts at 0) and
+  ``fc_scale``, with ``scale = exp(fc_scale(features))`` (starts at 1, stays positive).
+
+  ``translation``: ``'pooled'`` (mmfa_delta 3: ``fc_t`` alone) or ``'heatmap'``: x and y also get
+  the soft-argmax of a one-channel map (``translation_map``, a zero-initialised 1x1 convolution)
+  over the trunk's stage ``heatmap_stage`` feature map, in ``make_coordinate_grid`` units. Globally pooled
+  features are nearly invariant to where the head is in the frame, so the pooled head hardly
+  learns a translation; the map's expectation moves with the image content by construction.
   """
 
   block_expansion: int = 64
   widths: Sequence[int] = (256, 512, 1024, 2048)
   blocks: Sequence[int] = (3, 3, 5, 2)
+  translation: str = "pooled"
+  heatmap_stage: int = 1
   dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, image: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-    features = HETrunk(self.block_expansion, self.widths, self.blocks, self.dtype, name="trunk")(
-      image, train
+    if self.translation not in TRANSLATION_HEADS:
+      raise ValueError(
+        f"scale_translation.translation must be one of {TRANSLATION_HEADS}, got {self.translation!r}"
+      )
+    trunk = HETrunk(self.block_expansion, self.widths, self.blocks, self.dtype, name="trunk")
+    heatmap = self.translation == "heatmap"
+    features = trunk(image, train, self.heatmap_stage if heatmap else None)
+    if heatmap:
+      features, stage_map = features  # (B, widths[-1]), (B, h, w, widths[heatmap_stage])
+    zeros = nn.initializers.zeros
+    translation = Dense(3, dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name="fc_t")(
+      features
+    ).astype(jnp.float32)  # (B, 3)
+    if heatmap:
+      logits = Dense(
+        1, dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name="translation_map"
+      )(stage_map).astype(jnp.float32)  # (B, h, w, 1): a 1x1 convolution
+      centre, _ = soft_argmax(logits, make_coordinate_grid(logits.shape[1:3]))  # (B, 1, 2)
+      translation = translation.at[:, :2].add(centre[:, 0])
+    log_scale = Dense(1, dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name="fc_scale")(
+      features
     )
-    translation = Dense(3, dtype=self.dtype, name="fc_t")(features).astype(jnp.float32)
-    log_scale = Dense(
-      1,
-      dtype=self.dtype,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.zeros,
-      name="fc_scale",
-    )(features)
     return {"scale": jnp.exp(log_scale[:, 0].astype(jnp.float32)), "translation": translation}
 
 

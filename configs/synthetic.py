@@ -12,7 +12,10 @@ Every other loss term of MMFA is on but the landmark loss: ``--config.loss.landm
 with a detector pretrained on the heads' true face points by the same command
 (``configs/synthetic_landmarks.py``; off by default, see below). ``--config.loss.generator_gan=1
 '--config.loss.feature_matching=(10,10,10,10)'`` turns the GAN terms back on;
-``--config.model.pose_network=learned`` learns the pose from scratch.
+``--config.model.pose_network=learned`` learns the pose from scratch. The scale/translation head
+reads x and y from a soft-argmax map (``model.scale_translation.translation='heatmap'``; vox.py keeps
+MMFA's pooled head): pooled, its translation learned nothing on these heads (README, "A translation
+that follows the head").
 
 ``:bench`` is the same networks trained longer: the run that should show learning within 45
 minutes on a 2-core CPU (pose pretraining included). ``:tiny`` is the smallest widths, for tests

@@ -76,9 +76,10 @@ def test_hopenet_matches_twin():
 @pytest.mark.parametrize("translation", ["pooled", "heatmap"])
 def test_scale_translation_head_matches_twin(translation):
   options = dict(SMALL_TRUNK, translation=translation)
+  torch.manual_seed(0)  # the same twin whatever ran before
   twin = torch_twins.randomize_batchnorm(torch_twins.ScaleTranslationHead(**options)).eval()
   if translation == "heatmap":  # a map that varies enough for the softmax to be far from uniform
-    torch.nn.init.normal_(twin.translation_map.weight, std=3.0)
+    torch.nn.init.normal_(twin.translation_map.weight, std=10.0)
   images = _images((2, 64, 64, 3), seed=1)
   model = ScaleTranslationHead(**options)
   variables = motion_converter.convert_scale_translation(_state(twin), _template(model, images))

@@ -8,10 +8,15 @@ from typing import Any
 
 import ml_collections
 
+from mmfa_jax.models.motion_heads import TRANSLATION_HEADS
+
 # Config counts that must be at least 1 (sample_every 0: no sample grids; num_steps 0: nothing).
 _POSITIVE = ("data.batch_size", "image_size", "train.log_every", "train.checkpoint_every")
 _NON_NEGATIVE = ("train.num_steps", "train.sample_every", "optim.learning_rate")
-_CHOICES = {"train.tiered_compilation": ("auto", "on", "off")}
+_CHOICES = {
+  "train.tiered_compilation": ("auto", "on", "off"),
+  "model.scale_translation.translation": TRANSLATION_HEADS,
+}
 
 
 def _value(config: ml_collections.ConfigDict, name: str) -> Any:

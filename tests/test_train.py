@@ -400,6 +400,8 @@ def test_main_refuses_bad_command_lines_with_one_error_line(tmp_path):
     ([tiny, "--config.train.log_every=0"], "config.train.log_every=0 must be at least 1"),
     ([tiny, "--config.train.tiered_compilation=sometimes"],
      "config.train.tiered_compilation='sometimes' must be one of auto, on, off"),
+    ([tiny, "--config.model.scale_translation.translation=argmax"],
+     "config.model.scale_translation.translation='argmax' must be one of pooled, heatmap"),
     ([f"--config={missing}"], f"No such file or directory: '{missing}'"),
     ([f"--config={broken}"], f"--config: {broken}, line 1: invalid syntax"),
     (["--config=configs/synthetic.py:huge"], "takes 'small', 'bench' or 'tiny'"),

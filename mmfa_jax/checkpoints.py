@@ -109,8 +109,13 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
       "tools/convert_torch_weights.py)"
     )
   if not os.path.isfile(path):
+    inside = sorted(  # e.g. a training run's WORKDIR/pose_network given for its hopenet/
+      name for name in os.listdir(directory)
+      if os.path.isfile(os.path.join(directory, name, METADATA_FILE))
+    )  # fmt: skip
+    hint = f"; it holds {', '.join(n + '/' for n in inside)}: pass that path" if inside else ""
     raise ConvertedWeightsError(
-      f"{directory}: not a converted-weights directory (no {METADATA_FILE})"
+      f"{directory}: not a converted-weights directory (no {METADATA_FILE}){hint}"
     )
   try:
     with open(path) as handle:

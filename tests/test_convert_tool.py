@@ -217,6 +217,9 @@ def test_loader_errors(tmp_path):
     tmp_path / "tiny", {"w": np.zeros(3, np.float32)}, {"kind": "vgg19"}, overwrite=True
   )
   np.testing.assert_array_equal(load_converted(tmp_path / "tiny")[0]["w"], np.zeros(3))
+  # The folder above a converted one (a run's WORKDIR/pose_network for its hopenet/) names it.
+  with pytest.raises(ConvertedWeightsError, match=r"no metadata.json\); it holds tiny/: pass"):
+    load_converted(tmp_path)
   assert sorted(os.listdir(tmp_path)) == ["plain", "tiny"]  # no staging leftovers
 
 

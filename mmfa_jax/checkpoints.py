@@ -109,10 +109,11 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
       "tools/convert_torch_weights.py)"
     )
   if not os.path.isfile(path):
-    inside = sorted(  # e.g. a training run's WORKDIR/pose_network given for its hopenet/
-      name for name in os.listdir(directory)
-      if os.path.isfile(os.path.join(directory, name, METADATA_FILE))
-    )  # fmt: skip
+    try:  # e.g. a training run's WORKDIR/pose_network given for its hopenet/
+      names = os.listdir(directory)
+    except OSError:  # unreadable: the message below without the hint
+      names = []
+    inside = sorted(n for n in names if os.path.isfile(os.path.join(directory, n, METADATA_FILE)))
     hint = f"; it holds {', '.join(n + '/' for n in inside)}: pass that path" if inside else ""
     raise ConvertedWeightsError(
       f"{directory}: not a converted-weights directory (no {METADATA_FILE}){hint}"

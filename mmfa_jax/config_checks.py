@@ -8,15 +8,10 @@ from typing import Any
 
 import ml_collections
 
-from mmfa_jax.models.motion_heads import TRANSLATION_HEADS
-
 # Config counts that must be at least 1 (sample_every 0: no sample grids; num_steps 0: nothing).
 _POSITIVE = ("data.batch_size", "image_size", "train.log_every", "train.checkpoint_every")
 _NON_NEGATIVE = ("train.num_steps", "train.sample_every", "optim.learning_rate")
-_CHOICES = {
-  "train.tiered_compilation": ("auto", "on", "off"),
-  "model.scale_translation.translation": TRANSLATION_HEADS,
-}
+_CHOICES = {"train.tiered_compilation": ("auto", "on", "off")}
 
 
 def _value(config: ml_collections.ConfigDict, name: str) -> Any:
@@ -33,7 +28,11 @@ def check_counts(config: ml_collections.ConfigDict) -> None:
       value = _value(config, name)
       if value is not None and value < least:
         raise ValueError(f"config.{name}={value} must be at least {least}")
-  for name, choices in _CHOICES.items():
+  # Imported here, not with this module: the flag parser imports it, and the models bring in flax.
+  from mmfa_jax.models.motion_heads import TRANSLATION_HEADS
+
+  choices_of = {**_CHOICES, "model.scale_translation.translation": TRANSLATION_HEADS}
+  for name, choices in choices_of.items():
     value = _value(config, name)
     if value is not None and value not in choices:
       raise ValueError(f"config.{name}={value!r} must be one of {', '.join(choices)}")

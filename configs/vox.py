@@ -157,6 +157,9 @@ def get_config() -> ml_collections.ConfigDict:
       # every weight by about the learning rate, which can saturate the dense motion's mask.
       warmup_steps=0,
       clip_norm=ml_collections.config_dict.placeholder(float),
+      # Decay of the generator side's parameter average (0: none, as the reference; e.g. 0.995):
+      # evaluations, checkpoints' inference and exports then use the average (TrainState).
+      ema_decay=0.0,
     )
   )
   config.train = ml_collections.ConfigDict(

@@ -355,13 +355,15 @@ def read_run_config(workdir: str | os.PathLike) -> Any:
 
 
 def load_training_run(
-  workdir: str | os.PathLike, step: int | None = None
+  workdir: str | os.PathLike, step: int | None = None, *, averaged: bool = True
 ) -> tuple[Any, dict[str, Any], int]:
   """``(config, {"params", "batch_stats"}, step)`` of a training run's generator side.
 
   Reads ``WORKDIR/config.json`` and the checkpoint of ``step`` (default: the latest complete one)
   from ``WORKDIR/checkpoints``; the variables are the trained ones (for MMFA with a frozen Hopenet,
-  its variables are not in the run and come from ``config.pretrained.hopenet``).
+  its variables are not in the run and come from ``config.pretrained.hopenet``). ``params`` is
+  the run's parameter average when it kept one (``optim.ema_decay`` > 0) and ``averaged`` is
+  True, else its last parameters.
   """
   config = read_run_config(workdir)
   directory = os.path.join(os.fspath(workdir), "checkpoints")
@@ -385,5 +387,8 @@ def load_training_run(
       ) from error
   finally:
     checkpoints.close()
-  variables = {"params": arrays["params"], "batch_stats": arrays.get("batch_stats") or {}}
+  params = arrays.get("ema_params") if averaged else None
+  if params is None:
+    params = arrays["params"]
+  variables = {"params": params, "batch_stats": arrays.get("batch_stats") or {}}
   return config, variables, step

@@ -149,6 +149,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     "--hopenet", help="converted Hopenet directory (MMFA runs with the frozen one)"
   )
   group.add_argument("--variant", choices=("mmfa", "face_vid2vid"), help="refuse other variants")
+  group.add_argument("--raw-weights", "--raw_weights", action="store_true",
+                     help="a run trained with config.optim.ema_decay > 0: its last parameters, not "
+                     "their moving average (the default)")  # fmt: skip
   group.add_argument("--batch-size", "--batch_size", type=int, default=8,
                      help="frames per compiled call")  # fmt: skip
   group.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -192,6 +195,7 @@ def load_animator(args: argparse.Namespace, variant: str | None = None):
     step=args.step,
     hopenet=args.hopenet,
     variant=variant or args.variant,
+    averaged=not args.raw_weights,
     batch_size=args.batch_size,
     dtype=args.dtype,
   )

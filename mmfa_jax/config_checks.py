@@ -28,6 +28,9 @@ def check_counts(config: ml_collections.ConfigDict) -> None:
       value = _value(config, name)
       if value is not None and value < least:
         raise ValueError(f"config.{name}={value} must be at least {least}")
+  ema_decay = _value(config, "optim.ema_decay")
+  if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"config.optim.ema_decay={ema_decay} must be in [0, 1) (0: no average)")
   # Imported here, not with this module: the flag parser imports it, and the models bring in flax.
   from mmfa_jax.models.motion_heads import TRANSLATION_HEADS
 

@@ -4,7 +4,8 @@
 ``data`` (``'synthetic'``: held-out synthetic heads, or a folder root with ``test/`` videos),
 ``protocol`` (``'reconstruction'`` or ``'cross_identity'``, as ``mmfa_jax.evaluate``), ``num_videos``,
 ``max_frames``, ``metrics`` (of ``l1``, ``psnr``, ``ssim``) and ``batch_size``. Each one animates its
-videos with the current generator (in inference mode, as ``Animator``) and its averages are written
+videos with the current generator (in inference mode, as ``Animator``; its parameter average
+when ``optim.ema_decay`` > 0) and its averages are written
 to ``metrics.jsonl`` / TensorBoard beside the losses as ``eval/<name>/<metric>``.
 """
 
@@ -117,7 +118,7 @@ def run_due(
   generator's ``TrainState``. Runs on every process (the arrays are global), written by the
   caller's writer."""
   scalars: dict[str, float] = {}
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables = {"params": state.averaged_params, "batch_stats": state.batch_stats}
   for evaluator in evaluators:
     if evaluator.due(step, last_step):
       scalars.update(evaluator.run(config.model, config.image_size, variables, frozen))
@@ -146,7 +147,8 @@ def compile_ahead(
   def copy(x: Any) -> Any:
     return jax.device_put(x, x.sharding, may_alias=False)
 
-  variables = jax.tree.map(copy, {"params": state.params, "batch_stats": state.batch_stats})
+  variables = {"params": state.averaged_params, "batch_stats": state.batch_stats}
+  variables = jax.tree.map(copy, variables)
   jax.block_until_ready(variables)  # copied before the caller donates the originals
 
   def run() -> None:

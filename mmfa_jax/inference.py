@@ -287,6 +287,7 @@ class Animator(editing.Editing):
     step: int | None = None,
     hopenet: str | os.PathLike | None = None,
     variant: str | None = None,
+    averaged: bool = True,
     batch_size: int = 8,
     dtype: str | Any = "float32",
   ) -> Animator:
@@ -294,13 +295,15 @@ class Animator(editing.Editing):
     face-vid2vid checkpoint, a training run's workdir at ``step`` or the latest, an expression-VAE
     run's workdir). MMFA runs with the frozen Hopenet take it from ``hopenet`` or the run's
     ``config.pretrained.hopenet``. ``variant`` ('mmfa' or 'face_vid2vid'), when given, must match.
+    ``averaged``: a run that kept a parameter average (``optim.ema_decay``) is loaded with it;
+    False loads its last parameters.
 
     Raises:
       CheckpointKindError (a ``ValueError``): not an mmfa_jax model checkpoint, another variant,
         or a missing Hopenet; the message names the directory.
     """
     start = time.perf_counter()
-    loaded = load_model(directory, step=step, hopenet=hopenet, variant=variant)
+    loaded = load_model(directory, step=step, hopenet=hopenet, variant=variant, averaged=averaged)
     logging.info("%s: weights read in %.1f s", os.fspath(directory), time.perf_counter() - start)
     animator = cls(
       loaded.model_config,

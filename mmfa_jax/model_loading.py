@@ -55,12 +55,14 @@ def load_model(
   step: int | None = None,
   hopenet: str | os.PathLike | None = None,
   variant: str | None = None,
+  averaged: bool = True,
 ) -> LoadedModel:
   """Loads any mmfa_jax model checkpoint (module docstring).
 
   ``step``: of a training run (default: the latest). MMFA runs with the frozen Hopenet take it
   from ``hopenet`` or the run's ``config.pretrained.hopenet``. ``variant`` ('mmfa' or
-  'face_vid2vid'), when given, must match.
+  'face_vid2vid'), when given, must match. ``averaged``: a training run's parameter average
+  when it kept one (``optim.ema_decay`` > 0), else its last parameters.
 
   Raises:
     CheckpointKindError (a ``ValueError``): not an mmfa_jax model checkpoint, another variant,
@@ -77,7 +79,7 @@ def load_model(
   if os.path.isfile(os.path.join(directory, "metadata.json")):
     loaded = _load_converted(directory)
   elif os.path.isfile(os.path.join(directory, "config.json")):
-    loaded = _load_run(directory, step, hopenet)
+    loaded = _load_run(directory, step, hopenet, averaged)
   else:
     raise CheckpointKindError(
       f"{directory}: not an mmfa_jax checkpoint (no metadata.json of a converted model, no "
@@ -122,13 +124,13 @@ def _load_converted(directory: str) -> LoadedModel:
   return LoadedModel(model_config, variables["model"], None, image_size, {})
 
 
-def _load_run(directory: str, step: int | None, hopenet: Any) -> LoadedModel:
+def _load_run(directory: str, step: int | None, hopenet: Any, averaged: bool) -> LoadedModel:
   config = read_run_config(directory)
   vae = None
   if config.get("task", "animation") == "expression_vae":
     vae_config, vae_variables, _ = load_training_run(directory, step)
     mmfa_dir, mmfa_step = config.mmfa.workdir, config.mmfa.get("step")
-    config, variables, _ = load_training_run(mmfa_dir, mmfa_step)
+    config, variables, _ = load_training_run(mmfa_dir, mmfa_step, averaged=averaged)
     feature_dim = config.model.expression_encoder.latent_dim
     vae = (
       ExpressionVAE(
@@ -139,7 +141,7 @@ def _load_run(directory: str, step: int | None, hopenet: Any) -> LoadedModel:
       vae_variables,
     )
   else:
-    config, variables, _ = load_training_run(directory, step)
+    config, variables, _ = load_training_run(directory, step, averaged=averaged)
   frozen = {}
   if variant_from_config(config.model).frozen_pose:
     source = hopenet or config.get("pretrained", {}).get("hopenet")

@@ -293,7 +293,8 @@ class Trainer(StepRunner):
     self, model_variables: Mapping[str, Any], disc_variables: Mapping[str, Any]
   ) -> tuple[TrainState, TrainState]:
     params, stats = model_variables["params"], model_variables.get("batch_stats", {})
-    generator = TrainState.create(params, stats, self.generator_tx)
+    ema_decay = self.config.optim.get("ema_decay", 0.0)
+    generator = TrainState.create(params, stats, self.generator_tx, ema_decay=ema_decay)
     discriminator = TrainState.create(
       disc_variables["params"], disc_variables.get("batch_stats", {}), self.discriminator_tx
     )

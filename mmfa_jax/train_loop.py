@@ -105,19 +105,38 @@ def _first_states(trainer: StepRunner, checkpoints: Any, iterator: Any) -> tuple
 def restore_states(
   checkpoints: Any, step: int, targets: tuple[TrainState, TrainState], iterator: Any = None
 ) -> tuple[TrainState, TrainState]:
-  """``checkpoints.restore`` of ``(generator, discriminator)`` onto abstract ``targets``; a run
-  saved with the earlier optimizer-state layout (``train_state.legacy_opt_state``) is read in
-  that layout and converted."""
+  """``checkpoints.restore`` of ``(generator, discriminator)`` onto abstract ``targets``. Also read:
+  a run saved with the earlier optimizer-state layout (``train_state.legacy_opt_state``), converted;
+  a run saved without a parameter average resumed with ``optim.ema_decay`` > 0, whose average
+  starts from the restored parameters."""
   try:
     return checkpoints.restore(step, *targets, iterator)
   except Exception as error:  # orbax reports a tree mismatch with several exception types
-    legacy = [t.replace(opt_state=legacy_opt_state(t.opt_state)) for t in targets]
+    first_error = error
+  without_average = [t.replace(ema_params=None) for t in targets]
+  for legacy in (False, True):
+    attempt = [
+      t.replace(opt_state=legacy_opt_state(t.opt_state)) if legacy else t for t in without_average
+    ]
+    if not legacy and all(t.ema_params is None for t in targets):
+      continue  # the same targets as the first try
     try:
-      restored = checkpoints.restore(step, *legacy, iterator)
+      restored = checkpoints.restore(step, *attempt, iterator)
     except Exception:
-      raise error from None
-  logging.info("step %d: optimizer state converted from the earlier layout", step)
-  return tuple(t.replace(opt_state=current_opt_state(t.opt_state)) for t in restored)
+      continue
+    if legacy:
+      logging.info("step %d: optimizer state converted from the earlier layout", step)
+      restored = [t.replace(opt_state=current_opt_state(t.opt_state)) for t in restored]
+    return tuple(_with_average(r, t) for r, t in zip(restored, targets))
+  raise first_error
+
+
+def _with_average(restored: TrainState, target: TrainState) -> TrainState:
+  """``restored`` with a parameter average starting at its parameters when ``target`` keeps one."""
+  if target.ema_params is None:
+    return restored
+  logging.info("no parameter average in the checkpoint: it starts from the restored parameters")
+  return restored.replace(ema_params=jax.tree.map(lambda p: p + 0, restored.params))
 
 
 def _evaluate(

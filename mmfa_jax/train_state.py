@@ -2,7 +2,9 @@
 
 A ``TrainState`` holds one network's ``params``, ``batch_stats`` (BatchNorm statistics and
 spectral-norm vectors) and optimizer state: only what trains (frozen networks such as the MMFA
-Hopenet are inputs of the step, never in ``params``). ``apply_gradients`` skips the whole update
+Hopenet are inputs of the step, never in ``params``). With ``ema_decay`` > 0 (not in the
+reference) it also keeps ``ema_params``, an exponential moving average of the parameters over
+the updates, which evaluation and inference use in place of ``params``. ``apply_gradients`` skips the whole update
 when any gradient is not finite and reports it, so one bad batch cannot poison the run.
 
 The trained parameters are updated as one flat float32 vector (``optax.flatten``): Adam's moments
@@ -25,17 +27,36 @@ import optax
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """``step`` (int32 scalar), ``params``, ``batch_stats``, ``opt_state``; ``tx`` is static."""
+  """``step`` (int32 scalar), ``params``, ``batch_stats``, ``opt_state``; ``tx`` is static.
+
+  ``ema_params``: the moving average of ``params`` (``None`` when ``ema_decay`` is 0, static).
+  After update ``n`` (``step`` was ``n`` before it) ``ema = d * ema + (1 - d) * params`` with
+  ``d = min(ema_decay, (1 + n) / (10 + n))``: the average starts at the initial parameters and
+  follows them quickly over the first updates (TensorFlow's ``num_updates`` warm-up).
+  """
 
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  ema_params: Any = None
+  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
   @classmethod
-  def create(cls, params: Any, batch_stats: Any, tx: optax.GradientTransformation) -> TrainState:
-    return cls(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), tx)
+  def create(
+    cls, params: Any, batch_stats: Any, tx: optax.GradientTransformation, ema_decay: float = 0.0
+  ) -> TrainState:
+    if not 0.0 <= ema_decay < 1.0:
+      raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+    # A copy, not the same arrays: the training step donates its input states leaf by leaf.
+    ema = jax.tree.map(lambda p: p + 0, params) if ema_decay else None
+    return cls(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), tx, ema, ema_decay)
+
+  @property
+  def averaged_params(self) -> Any:
+    """The parameters to evaluate and infer with: ``ema_params`` when kept, else ``params``."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def step_schedule(
@@ -117,21 +138,33 @@ def apply_gradients(
 ) -> tuple[TrainState, jax.Array]:
   """One optimizer step; returns ``(new_state, skipped)``.
 
-  When any gradient (or ``loss``) is not finite the parameters, batch statistics and optimizer
-  state stay as they were and ``skipped`` is 1; the step counter advances either way.
+  When any gradient (or ``loss``) is not finite the parameters, their average, batch statistics
+  and optimizer state stay as they were and ``skipped`` is 1; the step counter advances either
+  way.
   """
   finite = all_finite(grads) if loss is None else all_finite(grads) & jnp.isfinite(loss)
 
-  def update(_: None) -> tuple[Any, Any, Any]:
+  def update(_: None) -> tuple[Any, Any, Any, Any]:
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    return optax.apply_updates(state.params, updates), batch_stats, opt_state
+    params = optax.apply_updates(state.params, updates)
+    return params, batch_stats, opt_state, moving_average(state, params)
 
-  def keep(_: None) -> tuple[Any, Any, Any]:
-    return state.params, state.batch_stats, state.opt_state
+  def keep(_: None) -> tuple[Any, Any, Any, Any]:
+    return state.params, state.batch_stats, state.opt_state, state.ema_params
 
   # A conditional, not a select per leaf: far less for XLA to compile and nothing computed twice.
-  params, new_stats, opt_state = jax.lax.cond(finite, update, keep, None)
+  params, new_stats, opt_state, ema = jax.lax.cond(finite, update, keep, None)
   new_state = state.replace(
-    step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state
+    step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state, ema_params=ema
   )
   return new_state, (~finite).astype(jnp.int32)
+
+
+def moving_average(state: TrainState, params: Any) -> Any:
+  """``state.ema_params`` moved toward the updated ``params`` (``TrainState``'s formula), or
+  ``None`` when the state keeps no average."""
+  if state.ema_params is None:
+    return None
+  count = state.step.astype(jnp.float32)
+  decay = jnp.minimum(state.ema_decay, (1.0 + count) / (10.0 + count))
+  return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.ema_params, params)

@@ -22,6 +22,7 @@ STEPS = 4
 # on one device, on eight devices and in two processes do exactly the same steps.
 OVERRIDES = dict(
   data=dict(batch_size=8),
+  optim=dict(ema_decay=0.9),  # the parameter average is saved, resumed and loaded with the rest
   train=dict(
     num_steps=STEPS,
     log_every=2,
@@ -36,6 +37,7 @@ OVERRIDES = dict(
 def _config(**train):
   config = synthetic.get_config("tiny")
   config.data.update(OVERRIDES["data"])
+  config.optim.update(OVERRIDES["optim"])
   config.train.update(OVERRIDES["train"])
   config.train.update(train)
   return config
@@ -108,6 +110,16 @@ def test_train_resume_equals_uninterrupted_run(tmp_path, one_device_run, one_dev
   for a, b in zip(straight, resumed):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
   assert _max_difference(_params(first), resumed) > 1e-6  # parameters moved after step 2
+  # The parameter average (optim.ema_decay) is resumed too, and inference loads it by default.
+  from mmfa_jax.checkpoints import load_training_run
+
+  averages = [_params(load_training_run(str(w))[1]) for w in (workdir, tmp_path / "resumed")]
+  for a, b in zip(*averages):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  _, last, _ = load_training_run(str(workdir), averaged=False)
+  for a, b in zip(straight, _params(last)):
+    np.testing.assert_array_equal(a, b)
+  assert _max_difference(averages[0], straight) > 1e-5  # 4 steps of decay <= 0.31 lag behind
 
   records = read_metrics(str(workdir))
   assert [r["step"] for r in records] == [2, 4]
@@ -297,6 +309,7 @@ def test_two_processes_train_together_like_one_process(tmp_path, first_step):
     "--config=configs/synthetic.py:tiny",
     f"--workdir={workdir}",
     *_flags("data", OVERRIDES["data"]),
+    *_flags("optim", OVERRIDES["optim"]),
     *_flags("train", dict(OVERRIDES["train"], stop_after_steps=1, sample_every=0)),
     f"--coordinator_address=127.0.0.1:{port}",
     "--num_processes=2",
@@ -715,7 +728,7 @@ def test_sigkill_in_a_checkpoint_write_then_resume_equals_the_uninterrupted_run(
 
   workdir = tmp_path / "killed"
   flags = ["--config=configs/synthetic.py:tiny", *_flags("data", OVERRIDES["data"]),
-           *_flags("train", OVERRIDES["train"])]  # fmt: skip
+           *_flags("optim", OVERRIDES["optim"]), *_flags("train", OVERRIDES["train"])]  # fmt: skip
   args = [f"--workdir={workdir}", *flags]
   cache = str(tmp_path / "cache")  # the three runs compile the step once
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", MMFA_JAX_CACHE_DIR=cache)

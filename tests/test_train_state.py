@@ -79,6 +79,61 @@ def test_non_finite_gradients_skip_the_update():
   assert int(skipped) == 1
 
 
+def test_parameter_average_follows_its_formula():
+  """``ema = d * ema + (1 - d) * params`` after each update, ``d = min(decay, (1 + n) / (10 + n))``
+  for update ``n``; a skipped update leaves it; hand-computed with plain SGD."""
+  params = {"w": jnp.array([1.0, -2.0])}
+  state = TrainState.create(params, {}, optax.sgd(0.5), ema_decay=0.2)
+  assert state.averaged_params is state.ema_params
+  step = jax.jit(apply_gradients)
+  grads = [np.array([1.0, 2.0]), np.array([-4.0, 0.5]), np.array([2.0, -6.0])]
+  weights, average = np.array([1.0, -2.0]), np.array([1.0, -2.0])
+  for n, grad in enumerate(grads):
+    state, skipped = step(state, {"w": jnp.asarray(grad, jnp.float32)}, {})
+    weights = weights - 0.5 * grad
+    decay = min(0.2, (1 + n) / (10 + n))  # 0.1, 0.1818, then the cap 0.2
+    average = decay * average + (1 - decay) * weights
+    assert int(skipped) == 0
+    np.testing.assert_allclose(state.params["w"], weights, rtol=1e-6)
+    np.testing.assert_allclose(state.ema_params["w"], average, rtol=1e-6)
+  kept, skipped = step(state, {"w": jnp.array([jnp.nan, 1.0])}, {})
+  assert int(skipped) == 1
+  np.testing.assert_array_equal(kept.ema_params["w"], state.ema_params["w"])
+  plain = TrainState.create(params, {}, optax.sgd(0.5))
+  assert plain.ema_params is None and plain.averaged_params is plain.params
+  assert apply_gradients(plain, {"w": jnp.ones(2)}, {})[0].ema_params is None
+  with pytest.raises(ValueError, match="ema_decay"):
+    TrainState.create(params, {}, optax.sgd(0.5), ema_decay=1.0)
+
+
+def test_a_run_without_an_average_resumes_with_one(tmp_path):
+  """Turning ``optim.ema_decay`` on for a resumed run: the average starts at the restored
+  parameters; a checkpoint that has one restores it as saved."""
+  from mmfa_jax.checkpoints import TrainingCheckpoints
+  from mmfa_jax.train_loop import restore_states
+
+  params = {"image_generator": _random_tree(0, [(3, 2), (4,)])}
+  grads = {"image_generator": _random_tree(1, [(3, 2), (4,)])}
+  plain, _ = apply_gradients(TrainState.create(params, {}, make_optimizer(0.1)), grads, {})
+  averaged = TrainState.create(params, {}, make_optimizer(0.1), ema_decay=0.5)
+  averaged, _ = apply_gradients(averaged, grads, {})
+  checkpoints = TrainingCheckpoints(tmp_path / "ckpt", async_save=False)
+  checkpoints.save(1, plain, plain)
+  checkpoints.save(2, averaged, plain)
+  checkpoints.wait()
+  fresh = TrainState.create(params, {}, make_optimizer(0.1), ema_decay=0.5)
+  targets = jax.eval_shape(lambda: (fresh, fresh))
+  generator, _ = restore_states(checkpoints, 1, targets)
+  jax.tree.map(np.testing.assert_array_equal, generator.ema_params, plain.params)
+  jax.tree.map(np.testing.assert_array_equal, generator.params, plain.params)
+  generator, _ = restore_states(checkpoints, 2, (targets[0], jax.eval_shape(lambda: plain)))
+  jax.tree.map(np.testing.assert_array_equal, generator.ema_params, averaged.ema_params)
+  assert not np.allclose(
+    averaged.ema_params["image_generator"]["leaf0"], averaged.params["image_generator"]["leaf0"]
+  )
+  checkpoints.close()
+
+
 def _random_tree(seed: int, shapes) -> dict:
   rng = np.random.default_rng(seed)
   return {f"leaf{i}": jnp.asarray(rng.normal(size=s), jnp.float32) for i, s in enumerate(shapes)}

@@ -77,8 +77,11 @@ def random_vae(config: Any, seed: int = 1) -> tuple[Any, dict[str, Any]]:
   return vae, {"params": variables["params"], "batch_stats": updated["batch_stats"]}
 
 
-def save_training_run(workdir: Any, config: Any, variables: Any, step: int = 3) -> None:
-  """A training workdir (config.json + one checkpoint of ``variables``) as training writes it."""
+def save_training_run(
+  workdir: Any, config: Any, variables: Any, step: int = 3, average: Any = None
+) -> None:
+  """A training workdir (config.json + one checkpoint of ``variables``) as training writes it;
+  ``average``: the parameter average (``ema_params``) of a run with ``optim.ema_decay`` > 0."""
   from mmfa_jax.checkpoints import TrainingCheckpoints
   from mmfa_jax.train_loop import save_config
 
@@ -87,6 +90,8 @@ def save_training_run(workdir: Any, config: Any, variables: Any, step: int = 3) 
   checkpoints = TrainingCheckpoints(workdir / "checkpoints", 2, async_save=False)
   try:
     state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    if average is not None:
+      state["ema_params"] = average
     checkpoints.save(step, state, {"params": {"w": np.zeros(2, np.float32)}})
   finally:
     checkpoints.close()

@@ -475,3 +475,18 @@ def test_ctrl_c_during_animate_leaves_no_output(fv2v_dir, media, tmp_path):
   assert status == 130, text[-2000:]
   assert f"interrupted: nothing was written to {output}" in text and "Traceback" not in text
   assert sorted(os.listdir(tmp_path)) == ["long"]  # no output, no staging file
+
+
+def test_raw_weights_flag_reaches_the_loader(monkeypatch):
+  """``--raw-weights`` (every model command) loads a run's last parameters, not their average."""
+  import argparse
+
+  from mmfa_jax import cli
+
+  calls = []
+  monkeypatch.setattr(Animator, "from_checkpoint", lambda *a, **kw: calls.append(kw))
+  parser = argparse.ArgumentParser()
+  cli.add_model_arguments(parser)
+  for extra, averaged in (([], True), (["--raw-weights"], False)):
+    cli.load_animator(parser.parse_args(["--checkpoint", "RUN", *extra]))
+    assert calls[-1]["averaged"] is averaged

@@ -354,6 +354,15 @@ def test_training_runs_load_with_their_hopenet_and_vae(tmp_path, mmfa):
   with pytest.raises(CheckpointKindError, match="a mmfa checkpoint, but a face_vid2vid"):
     Animator.from_checkpoint(run, hopenet=hopenet_dir, variant="face_vid2vid")
 
+  # A run that kept a parameter average (optim.ema_decay) loads it; averaged=False (the CLIs'
+  # --raw-weights) its last parameters.
+  last = jax.tree.map(lambda x: x + 1.0, trained["params"])
+  averaged_run = tmp_path / "averaged_run"
+  save_training_run(averaged_run, config, dict(trained, params=last), average=trained["params"])
+  for averaged, want in ((True, trained["params"]), (False, last)):
+    loaded = Animator.from_checkpoint(averaged_run, hopenet=hopenet_dir, averaged=averaged)
+    jax.tree.map(np.testing.assert_array_equal, loaded.variables["params"], want)
+
   # The expression VAE's run names its MMFA run; loading it gives both.
   from configs import vox_vae
 

@@ -4,8 +4,9 @@ A ``TrainState`` holds one network's ``params``, ``batch_stats`` (BatchNorm stat
 spectral-norm vectors) and optimizer state: only what trains (frozen networks such as the MMFA
 Hopenet are inputs of the step, never in ``params``). With ``ema_decay`` > 0 (not in the
 reference) it also keeps ``ema_params``, an exponential moving average of the parameters over
-the updates, which evaluation and inference use in place of ``params``. ``apply_gradients`` skips the whole update
-when any gradient is not finite and reports it, so one bad batch cannot poison the run.
+the updates, which evaluation and inference use in place of ``params``. ``apply_gradients``
+skips the whole update when any gradient is not finite and reports it, so one bad batch cannot
+poison the run.
 
 The trained parameters are updated as one flat float32 vector (``optax.flatten``): Adam's moments
 are two vectors, not two trees, and the finiteness check is one reduction. For XLA that is a few

@@ -663,7 +663,7 @@ def test_frozen_hopenet_is_a_step_input_never_a_trained_parameter():
 
 def test_evaluators_run_during_training(tmp_path, one_device_trainer, monkeypatch):
   """A ``config.evals`` evaluator due at step 2 writes ``eval/<name>/*`` to metrics.jsonl: the
-  reconstruction PSNR / SSIM of the step-2 generator on held-out synthetic heads (frames as saved
+  reconstruction PSNR / SSIM of the step-2 generator's parameter average on held-out synthetic heads (frames as saved
   8-bit), recomputed here with scikit-image."""
   from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -679,7 +679,9 @@ def test_evaluators_run_during_training(tmp_path, one_device_trainer, monkeypatc
   generator, _ = train_and_evaluate(config, str(tmp_path / "run"), trainer=one_device_trainer)
   record = next(r for r in read_metrics(str(tmp_path / "run")) if "eval/test/psnr" in r)
   assert record["step"] == 2
-  variables = {"params": generator.params, "batch_stats": generator.batch_stats}
+  # The evaluation animates with the parameter average (optim.ema_decay), not the last parameters.
+  assert _max_difference(_params(generator), _params({"params": generator.ema_params})) > 1e-5
+  variables = {"params": generator.averaged_params, "batch_stats": generator.batch_stats}
   animator = Animator(config.model, variables, image_size=config.image_size, batch_size=2)
   (item,) = synthetic_items("reconstruction", config.image_size, 1, 2)
   frames = np.round(animator.animate(item.source, item.driving, mode="absolute") * 255) / 255
@@ -805,7 +807,7 @@ def test_evaluations_compile_ahead_on_a_copy_of_the_generator(one_device_trainer
   evaluators = make_evaluators(config)
   generator, _ = one_device_trainer.init_states()
   thread = compile_ahead(evaluators, config, generator, one_device_trainer.frozen)
-  for leaf in jax.tree.leaves((generator.params, generator.batch_stats)):
+  for leaf in jax.tree.leaves((generator.params, generator.ema_params, generator.batch_stats)):
     leaf.delete()  # as the first training step's donation does
   thread.join()
   fresh, _ = one_device_trainer.init_states()

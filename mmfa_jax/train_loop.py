@@ -136,7 +136,7 @@ def _with_average(restored: TrainState, target: TrainState) -> TrainState:
   if target.ema_params is None:
     return restored
   logging.info("no parameter average in the checkpoint: it starts from the restored parameters")
-  return restored.replace(ema_params=jax.tree.map(lambda p: p + 0, restored.params))
+  return restored.restart_average()
 
 
 def _evaluate(

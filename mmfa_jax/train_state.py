@@ -50,9 +50,13 @@ class TrainState(flax.struct.PyTreeNode):
   ) -> TrainState:
     if not 0.0 <= ema_decay < 1.0:
       raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-    # A copy, not the same arrays: the training step donates its input states leaf by leaf.
-    ema = jax.tree.map(lambda p: p + 0, params) if ema_decay else None
-    return cls(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), tx, ema, ema_decay)
+    state = cls(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), tx, None, ema_decay)
+    return state.restart_average() if ema_decay else state
+
+  def restart_average(self) -> TrainState:
+    """This state with its parameter average set to a copy of ``params`` (not the same arrays:
+    the training step donates its input states leaf by leaf)."""
+    return self.replace(ema_params=jax.tree.map(lambda p: p + 0, self.params))
 
   @property
   def averaged_params(self) -> Any:

@@ -55,13 +55,16 @@ def get_config() -> ml_collections.ConfigDict:
     dict(layers=(3, 4, 6, 3), widths=(64, 128, 256, 512))
   )
   # translation: "pooled" (fc_t on the pooled trunk features, mmfa_delta 3) or "heatmap" (x, y
-  # also from the soft-argmax of a map over the trunk's stage `heatmap_stage`: follows the head).
+  # also from the soft-argmax of a map over the trunk's stage `heatmap_stage`: follows the head);
+  # scale: "pooled" (exp of fc_scale, mmfa_delta 3) or "heatmap" (times the spread of a second map
+  # over that stage, relative to a uniform map's: follows the head's size).
   config.model.scale_translation = ml_collections.ConfigDict(
     dict(
       block_expansion=64,
       widths=(256, 512, 1024, 2048),
       blocks=(3, 3, 5, 2),
       translation="pooled",
+      scale="pooled",
       heatmap_stage=1,
     )
   )

@@ -32,9 +32,13 @@ def check_counts(config: ml_collections.ConfigDict) -> None:
   if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"config.optim.ema_decay={ema_decay} must be in [0, 1) (0: no average)")
   # Imported here, not with this module: the flag parser imports it, and the models bring in flax.
-  from mmfa_jax.models.motion_heads import TRANSLATION_HEADS
+  from mmfa_jax.models.motion_heads import SCALE_HEADS, TRANSLATION_HEADS
 
-  choices_of = {**_CHOICES, "model.scale_translation.translation": TRANSLATION_HEADS}
+  choices_of = {
+    **_CHOICES,
+    "model.scale_translation.translation": TRANSLATION_HEADS,
+    "model.scale_translation.scale": SCALE_HEADS,
+  }
   for name, choices in choices_of.items():
     value = _value(config, name)
     if value is not None and value not in choices:

@@ -313,7 +313,9 @@ class ScaleTranslationHead(HEEstimator):
 
   ``translation='heatmap'``: x and y also get the expected position under the softmax, over all
   positions, of a 1x1 convolution (``translation_map``, a Linear over channels) of stage ``heatmap_stage``'s output, the
-  positions at ``-1 + 2 i / (n - 1)`` along each axis."""
+  positions at ``-1 + 2 i / (n - 1)`` along each axis. ``scale='heatmap'``: the scale is also
+  multiplied by the spread of a second such map's softmax (``scale_map``: the root of the mean of
+  the x and y variances of the positions under it) over that of a uniform map."""
 
   def __init__(
     self,
@@ -322,29 +324,46 @@ class ScaleTranslationHead(HEEstimator):
     blocks=(3, 3, 5, 2),
     translation="pooled",
     heatmap_stage=1,
+    scale="pooled",
   ):
     super().__init__(block_expansion, widths, blocks)
     for name in ("fc_roll", "fc_pitch", "fc_yaw", "fc_exp"):
       delattr(self, name)
     self.fc_scale = nn.Linear(widths[-1], 1)
-    self.heatmap_stage = heatmap_stage if translation == "heatmap" else None
-    if self.heatmap_stage is not None:
+    self.heatmap_stage = heatmap_stage if "heatmap" in (translation, scale) else None
+    if translation == "heatmap":
       self.translation_map = nn.Linear(widths[heatmap_stage], 1)  # a 1x1 convolution
+    if scale == "heatmap":
+      self.scale_map = nn.Linear(widths[heatmap_stage], 1)
 
   def forward(self, x):
     maps = self.stage_maps(x)
     out = maps[-1].mean(dim=(2, 3))
     translation = self.fc_t(out)
-    if self.heatmap_stage is not None:
-      stage_map = maps[self.heatmap_stage].permute(0, 2, 3, 1)  # (B, h, w, C)
-      logits = self.translation_map(stage_map)[..., 0]  # (B, h, w)
+    scale = torch.exp(self.fc_scale(out)[:, 0])
+    if self.heatmap_stage is None:
+      return {"scale": scale, "translation": translation}
+    stage_map = maps[self.heatmap_stage].permute(0, 2, 3, 1)  # (B, h, w, C)
+    ys = torch.linspace(-1, 1, stage_map.shape[1])
+    xs = torch.linspace(-1, 1, stage_map.shape[2])
+
+    def moments(linear):  # means and variances of x and y under the map's softmax, (B,) each
+      logits = linear(stage_map)[..., 0]  # (B, h, w)
       weights = torch.softmax(logits.flatten(1), dim=1).view_as(logits)
-      ys = torch.linspace(-1, 1, logits.shape[1])
-      xs = torch.linspace(-1, 1, logits.shape[2])
-      centre_x = (weights.sum(dim=1) * xs).sum(dim=1)
-      centre_y = (weights.sum(dim=2) * ys).sum(dim=1)
+      along_x, along_y = weights.sum(dim=1), weights.sum(dim=2)  # (B, w), (B, h)
+      mean_x, mean_y = (along_x * xs).sum(dim=1), (along_y * ys).sum(dim=1)
+      var_x = (along_x * (xs - mean_x[:, None]) ** 2).sum(dim=1)
+      var_y = (along_y * (ys - mean_y[:, None]) ** 2).sum(dim=1)
+      return mean_x, mean_y, var_x, var_y
+
+    if hasattr(self, "translation_map"):
+      centre_x, centre_y, _, _ = moments(self.translation_map)
       translation = translation + torch.stack([centre_x, centre_y, torch.zeros_like(centre_x)], 1)
-    return {"scale": torch.exp(self.fc_scale(out)[:, 0]), "translation": translation}
+    if hasattr(self, "scale_map"):
+      _, _, var_x, var_y = moments(self.scale_map)
+      uniform = 0.5 * (xs.var(unbiased=False) + ys.var(unbiased=False))
+      scale = scale * torch.sqrt(0.5 * (var_x + var_y) / uniform)
+    return {"scale": scale, "translation": translation}
 
 
 class ExpressionEncoder(nn.Module):

@@ -9,6 +9,7 @@ from mmfa_jax.ops import (
   gaussian_heatmaps,
   grid_sample_3d,
   heatmap_representation,
+  heatmap_spread,
   make_coordinate_grid,
   mmfa_keypoints,
   relative_keypoints,
@@ -102,6 +103,29 @@ def test_gaussian_heatmaps_hand_values():
   np.testing.assert_allclose(heat[0, 2, 0, 3, 0], np.exp(-12.5), rtol=1e-5)
   # One step in z is 1.0 unit: anisotropic in voxels, isotropic in normalised space.
   np.testing.assert_allclose(heat[0, 1, 0, 2, 0], np.exp(-50.0), rtol=1e-4)
+
+
+def test_heatmap_spread_hand_cases():
+  grid = np.asarray(make_coordinate_grid((5, 5)))  # x, y in {-1, -0.5, 0, 0.5, 1}
+  maps = np.zeros((3, 5, 5, 1), np.float32)
+  maps[0, 2, 2] = 1.0  # one position: no spread
+  maps[1, 2, [0, 4]] = 0.5  # x = -1 or 1, y = 0: variance 1 in x, 0 in y
+  maps[2] = 1.0 / 25  # uniform: variance 0.5 per axis (five values -1 .. 1)
+  got = np.asarray(heatmap_spread(maps, grid))
+  assert got.shape == (3, 1)
+  np.testing.assert_allclose(got[:, 0], [0.0, np.sqrt(0.5), np.sqrt(0.5)], atol=1e-5)
+
+
+def test_heatmap_spread_grows_with_a_zoom():
+  """Gaussian maps of standard deviation 0.1 and 0.2 (a zoom by 2, off centre) on a fine grid: the
+  spread is that standard deviation, whatever the centre."""
+  grid = np.asarray(make_coordinate_grid((101, 101)))  # (101, 101, 2)
+  maps = []
+  for sigma, centre in ((0.1, (0.2, -0.3)), (0.2, (-0.1, 0.3))):
+    density = np.exp(-0.5 * ((grid - np.array(centre)) ** 2).sum(-1) / sigma**2)
+    maps.append(density / density.sum())
+  got = np.asarray(heatmap_spread(np.stack(maps)[..., None].astype(np.float32), grid))[:, 0]
+  np.testing.assert_allclose(got, [0.1, 0.2], rtol=1e-3)
 
 
 def test_heatmap_representation_layout():

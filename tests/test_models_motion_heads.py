@@ -73,13 +73,18 @@ def test_hopenet_matches_twin():
   _close(got["roll"], roll)
 
 
-@pytest.mark.parametrize("translation", ["pooled", "heatmap"])
-def test_scale_translation_head_matches_twin(translation):
-  options = dict(SMALL_TRUNK, translation=translation)
+@pytest.mark.parametrize(
+  ("translation", "scale"), [("pooled", "pooled"), ("heatmap", "pooled"), ("pooled", "heatmap")]
+)
+def test_scale_translation_head_matches_twin(translation, scale):
+  options = dict(SMALL_TRUNK, translation=translation, scale=scale)
   torch.manual_seed(0)  # the same twin whatever ran before
   twin = torch_twins.randomize_batchnorm(torch_twins.ScaleTranslationHead(**options)).eval()
-  if translation == "heatmap":  # a map that varies enough for the softmax to be far from uniform
+  # Maps that vary enough for the softmax to be far from uniform.
+  if translation == "heatmap":
     torch.nn.init.normal_(twin.translation_map.weight, std=10.0)
+  if scale == "heatmap":
+    torch.nn.init.normal_(twin.scale_map.weight, std=10.0)
   images = _images((2, 64, 64, 3), seed=1)
   model = ScaleTranslationHead(**options)
   variables = motion_converter.convert_scale_translation(_state(twin), _template(model, images))
@@ -92,10 +97,15 @@ def test_scale_translation_head_matches_twin(translation):
   if translation == "heatmap":  # the map moved x and y (not z) by a visible amount
     moved = np.abs(np.asarray(got["translation"]) - pooled_only.numpy())
     assert moved[:, :2].max() > 0.05 and moved[:, 2].max() < 1e-5
-  # Freshly initialised, the scale is exactly 1 and the translation exactly 0.
+  if scale == "heatmap":  # the map changed the scale by a visible factor
+    pooled_scale = torch.exp(twin.fc_scale(twin.trunk(to_channels_first(images)))[:, 0])
+    assert np.abs(np.log(np.asarray(got["scale"]) / pooled_scale.detach().numpy())).max() > 0.05
+  # Freshly initialised, the scale is 1 (exactly with the pooled head) and the translation 0.
   fresh = model.init(jax.random.key(0), images)
   out = model.apply(fresh, images)
-  np.testing.assert_array_equal(out["scale"], np.ones(2))
+  np.testing.assert_allclose(
+    out["scale"], np.ones(2), rtol=0, atol=0 if scale == "pooled" else 1e-6
+  )
   np.testing.assert_allclose(out["translation"], np.zeros((2, 3)), atol=1e-7)
 
 
@@ -121,6 +131,37 @@ def test_scale_translation_heatmap_follows_the_content():
     [(weights.sum(0) * axis).sum(), (weights.sum(1) * axis).sum()],
     atol=1e-5,
   )
+
+
+def test_scale_heatmap_follows_the_size():
+  """A hand-set scale map (the stage-0 channel brightest inside the square) on a bright square of
+  side 12 and of side 24: the scale is the spread of make_coordinate_grid under the map's softmax
+  over a uniform map's (NumPy here), and the larger square gets the larger scale."""
+  model = ScaleTranslationHead(**SMALL_TRUNK, scale="heatmap", heatmap_stage=0)
+  images = np.zeros((2, 64, 64, 3), np.float32)
+  images[0, 26:38, 26:38] = 1.0
+  images[1, 20:44, 20:44] = 1.0
+  variables = jax.tree.map(np.asarray, model.init(jax.random.key(1), images))
+  trunk = {name: tree["trunk"] for name, tree in variables.items()}
+  _, stage_map = HETrunk(8, (16, 32, 64, 128), (1, 1, 1, 1)).apply(trunk, images, False, 0)
+  stage_map = np.asarray(stage_map, np.float64)  # (2, 16, 16, 16)
+  inside = stage_map[1, 6:10, 6:10].mean((0, 1)) - stage_map[1, :2, :2].mean((0, 1))  # (16,)
+  channel = int(np.argmax(inside))
+  kernel = np.zeros_like(variables["params"]["scale_map"]["kernel"])  # (16, 1)
+  kernel[channel, 0] = 40.0  # a sharp map: the bright square stands 0.1-0.3 above the rest
+  variables["params"]["scale_map"]["kernel"] = kernel
+  scale = np.asarray(model.apply(variables, images)["scale"])
+  axis = np.linspace(-1, 1, 16)
+  want = []
+  for logits in 40.0 * stage_map[..., channel]:  # (16, 16) each
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    variances = [
+      (w * axis**2).sum() - (w * axis).sum() ** 2 for w in (weights.sum(0), weights.sum(1))
+    ]
+    want.append(np.sqrt(np.mean(variances) / axis.var()))
+  np.testing.assert_allclose(scale, want, rtol=1e-4)
+  assert scale[1] > 1.2 * scale[0]
 
 
 def test_expression_encoder_matches_twin():

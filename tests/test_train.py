@@ -415,6 +415,8 @@ def test_main_refuses_bad_command_lines_with_one_error_line(tmp_path):
      "config.train.tiered_compilation='sometimes' must be one of auto, on, off"),
     ([tiny, "--config.model.scale_translation.translation=argmax"],
      "config.model.scale_translation.translation='argmax' must be one of pooled, heatmap"),
+    ([tiny, "--config.model.scale_translation.scale=spread"],
+     "config.model.scale_translation.scale='spread' must be one of pooled, heatmap"),
     ([tiny, "--config.optim.ema_decay=1.0"], "config.optim.ema_decay=1.0 must be in [0, 1)"),
     ([f"--config={missing}"], f"No such file or directory: '{missing}'"),
     ([f"--config={broken}"], f"--config: {broken}, line 1: invalid syntax"),

@@ -8,15 +8,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmfa_jax.models.blocks import ResBottleneck
 from mmfa_jax.models.he_estimator import HETrunk
 from mmfa_jax.ops.grid_sample import make_coordinate_grid
-from mmfa_jax.ops.keypoints import soft_argmax
+from mmfa_jax.ops.keypoints import heatmap_spread, soft_argmax
 from mmfa_jax.ops.layers import BatchNorm, Conv, Dense, max_pool
 
 Dtype = Any
 TRANSLATION_HEADS = ("pooled", "heatmap")  # ScaleTranslationHead.translation
+SCALE_HEADS = ("pooled", "heatmap")  # ScaleTranslationHead.scale
 
 
 class ScaleTranslationHead(nn.Module):
@@ -31,12 +33,20 @@ class ScaleTranslationHead(nn.Module):
   over the trunk's stage ``heatmap_stage`` feature map, in ``make_coordinate_grid`` units. Globally pooled
   features are nearly invariant to where the head is in the frame, so the pooled head hardly
   learns a translation; the map's expectation moves with the image content by construction.
+
+  ``scale``: ``'pooled'`` (mmfa_delta 3) or ``'heatmap'``: the log-scale also gets
+  ``log(spread / uniform_spread)``, where ``spread`` is the ``heatmap_spread`` of the softmax of a
+  second zero-initialised 1x1 convolution (``scale_map``) over the same stage, and
+  ``uniform_spread`` that of a uniform map (so the scale still starts at 1, up to rounding). A
+  head that grows by k spreads a map that covers it by k, so such a scale can follow the head's
+  size.
   """
 
   block_expansion: int = 64
   widths: Sequence[int] = (256, 512, 1024, 2048)
   blocks: Sequence[int] = (3, 3, 5, 2)
   translation: str = "pooled"
+  scale: str = "pooled"
   heatmap_stage: int = 1
   dtype: Dtype | None = None
 
@@ -46,8 +56,10 @@ class ScaleTranslationHead(nn.Module):
       raise ValueError(
         f"scale_translation.translation must be one of {TRANSLATION_HEADS}, got {self.translation!r}"
       )
+    if self.scale not in SCALE_HEADS:
+      raise ValueError(f"scale_translation.scale must be one of {SCALE_HEADS}, got {self.scale!r}")
     trunk = HETrunk(self.block_expansion, self.widths, self.blocks, self.dtype, name="trunk")
-    heatmap = self.translation == "heatmap"
+    heatmap = "heatmap" in (self.translation, self.scale)
     features = trunk(image, train, self.heatmap_stage if heatmap else None)
     if heatmap:
       features, stage_map = features  # (B, widths[-1]), (B, h, w, widths[heatmap_stage])
@@ -55,16 +67,30 @@ class ScaleTranslationHead(nn.Module):
     translation = Dense(3, dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name="fc_t")(
       features
     ).astype(jnp.float32)  # (B, 3)
-    if heatmap:
-      logits = Dense(
-        1, dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name="translation_map"
-      )(stage_map).astype(jnp.float32)  # (B, h, w, 1): a 1x1 convolution
-      centre, _ = soft_argmax(logits, make_coordinate_grid(logits.shape[1:3]))  # (B, 1, 2)
+
+    def softmax_map(name: str) -> tuple[jax.Array, jax.Array]:
+      logits = Dense(1, dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name=name)(
+        stage_map
+      ).astype(jnp.float32)  # (B, h, w, 1): a 1x1 convolution
+      grid = make_coordinate_grid(logits.shape[1:3])  # (h, w, 2)
+      return soft_argmax(logits, grid), grid
+
+    if self.translation == "heatmap":
+      (centre, _), _ = softmax_map("translation_map")  # (B, 1, 2)
       translation = translation.at[:, :2].add(centre[:, 0])
     log_scale = Dense(1, dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name="fc_scale")(
       features
-    )
-    return {"scale": jnp.exp(log_scale[:, 0].astype(jnp.float32)), "translation": translation}
+    )[:, 0].astype(jnp.float32)  # (B,)
+    if self.scale == "heatmap":
+      (_, weights), grid = softmax_map("scale_map")  # (B, h, w, 1)
+      if min(grid.shape[:2]) < 2:
+        raise ValueError(
+          f"scale='heatmap' needs a stage map of at least 2 x 2, got {grid.shape[:2]}"
+        )
+      # A uniform map's variance along an axis of n values 2 i / (n - 1) - 1: (n + 1) / (3 (n - 1)).
+      uniform_spread = np.sqrt(np.mean([(n + 1) / (3 * (n - 1)) for n in grid.shape[:2]]))
+      log_scale = log_scale + jnp.log(heatmap_spread(weights, grid)[:, 0] / uniform_spread)
+    return {"scale": jnp.exp(log_scale), "translation": translation}
 
 
 class ExpressionEncoder(nn.Module):

@@ -125,6 +125,27 @@ def soft_argmax(logits: jax.Array, grid: jax.Array) -> tuple[jax.Array, jax.Arra
   return keypoints, heatmap.reshape(logits.shape)
 
 
+def heatmap_spread(heatmap: jax.Array, grid: jax.Array) -> jax.Array:
+  """The spread of each map: the root of the per-axis variance of the grid coordinates under it,
+  averaged over the axes (a zoom by k multiplies it by k; a uniform map over a disk of radius r
+  gives r / 2).
+
+  Args:
+    heatmap: ``(B, *S, K)``, each map non-negative and summing to 1 over its positions.
+    grid: ``(*S, n)``, the coordinates of each position.
+
+  Returns:
+    ``(B, K)`` in the grid's units.
+  """
+  batch, num_kp = heatmap.shape[0], heatmap.shape[-1]
+  flat = heatmap.reshape(batch, -1, num_kp)  # (B, P, K)
+  coords = grid.reshape(-1, grid.shape[-1])  # (P, n)
+  mean = jnp.einsum("bpk,pc->bkc", flat, coords)  # (B, K, n)
+  second = jnp.einsum("bpk,pc->bkc", flat, coords**2)  # (B, K, n)
+  variance = jnp.maximum(second - mean**2, 0.0).mean(axis=-1)  # (B, K)
+  return jnp.sqrt(variance + 1e-12)
+
+
 def gaussian_heatmaps(
   keypoints: jax.Array, spatial_shape: Sequence[int], variance: float = 0.01
 ) -> jax.Array:

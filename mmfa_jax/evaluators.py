@@ -6,12 +6,15 @@
 ``max_frames``, ``metrics`` (of ``l1``, ``psnr``, ``ssim``) and ``batch_size``. Each one animates its
 videos with the current generator (in inference mode, as ``Animator``; its parameter average
 when ``optim.ema_decay`` > 0) and its averages are written
-to ``metrics.jsonl`` / TensorBoard beside the losses as ``eval/<name>/<metric>``.
+to ``metrics.jsonl`` / TensorBoard beside the losses as ``eval/<name>/<metric>``. Each evaluation
+also draws what it scored, the model a user would load: ``samples/eval_<name>_step_NNNNNNN.png``,
+one row per video (at most 4) of source | driving | generated | target at its last frame.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +24,7 @@ import numpy as np
 from absl import logging
 
 PIXEL_METRICS = ("l1", "psnr", "ssim")
+GRID_ROWS = 4  # videos drawn in each evaluation's grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +73,11 @@ class Evaluator:
     variables: Mapping[str, Any],
     frozen: Any,
     max_items: int | None = None,
+    grid_path: str | None = None,
   ) -> dict[str, float]:
     """``{'eval/<name>/<metric>': average}`` of the model ``variables`` (over the first
-    ``max_items`` readable videos or pairs when given)."""
+    ``max_items`` readable videos or pairs when given); with ``grid_path``, also the PNG grid of
+    the module docstring there."""
     from mmfa_jax.inference import Animator
     from mmfa_jax.scoring import Scorer
 
@@ -80,6 +86,7 @@ class Evaluator:
     )
     mode = "absolute" if self.protocol == "reconstruction" else "relative"
     scorer = Scorer(self.metrics, None, None)
+    rows: list[tuple[np.ndarray, ...]] = []  # (source, driving, generated, target), last frames
     done = 0
     for item in self.items(image_size):
       if item.source is None:  # unreadable video
@@ -90,7 +97,20 @@ class Evaluator:
       generated = np.stack(list(animator.iter_animate(item.source, item.driving, mode=mode)))
       quantised = np.round(generated * 255.0) / 255.0  # as saved 8-bit frames
       scorer.add(quantised.astype(np.float32), item.target, item.target)
+      if len(rows) < GRID_ROWS:
+        rows.append((item.source, item.driving[-1], quantised[-1], item.target[-1]))
+    if grid_path is not None and rows:
+      _save_grid(grid_path, rows)
     return {f"eval/{self.name}/{k}": v for k, v in scorer.summary().items()}
+
+
+def _save_grid(path: str, rows: Sequence[tuple[np.ndarray, ...]]) -> None:
+  """Source | driving | generated | target, one row per video (``visualize.sample_grid``)."""
+  from mmfa_jax.visualize import sample_grid, save_png
+
+  names = ("source", "driving", "generated", "target")
+  columns = [(name, np.stack([row[c] for row in rows])) for c, name in enumerate(names)]
+  save_png(path, sample_grid(columns, max_rows=GRID_ROWS))
 
 
 def make_evaluators(config: Any) -> list[Evaluator]:
@@ -113,15 +133,22 @@ def run_due(
   frozen: Mapping[str, Any],
   step: int,
   last_step: int,
+  samples_dir: str | None = None,
 ) -> dict[str, float]:
   """The scalars of every evaluator due at ``step`` (empty when none is): ``state`` is the
   generator's ``TrainState``. Runs on every process (the arrays are global), written by the
-  caller's writer."""
+  caller's writer; with ``samples_dir``, process 0 also writes each evaluation's grid there
+  (``eval_<name>_step_NNNNNNN.png``)."""
   scalars: dict[str, float] = {}
   variables = {"params": state.averaged_params, "batch_stats": state.batch_stats}
   for evaluator in evaluators:
     if evaluator.due(step, last_step):
-      scalars.update(evaluator.run(config.model, config.image_size, variables, frozen))
+      grid_path = None
+      if samples_dir is not None and jax.process_index() == 0:
+        grid_path = os.path.join(samples_dir, f"eval_{evaluator.name}_step_{step:07d}.png")
+      scalars.update(
+        evaluator.run(config.model, config.image_size, variables, frozen, grid_path=grid_path)
+      )
   return scalars
 
 

@@ -140,13 +140,22 @@ def _with_average(restored: TrainState, target: TrainState) -> TrainState:
 
 
 def _evaluate(
-  trainer: StepRunner, generator: TrainState, step: int, end: int, writer: Any, ahead: Any
+  trainer: StepRunner,
+  generator: TrainState,
+  step: int,
+  end: int,
+  writer: Any,
+  ahead: Any,
+  samples_dir: str,
 ) -> None:
-  """Runs the evaluators due at ``step`` (``evaluators.run_due``) and writes their values, once
-  ``ahead`` (``_compile_evaluations_ahead``'s thread, or None) has compiled them."""
+  """Runs the evaluators due at ``step`` (``evaluators.run_due``; their grids go to
+  ``samples_dir``) and writes their values, once ``ahead`` (``_compile_evaluations_ahead``'s
+  thread, or None) has compiled them."""
   if ahead is not None:
     ahead.join()
-  scalars = run_due(trainer.evaluators, trainer.config, generator, trainer.frozen, step, end)
+  scalars = run_due(
+    trainer.evaluators, trainer.config, generator, trainer.frozen, step, end, samples_dir
+  )
   if scalars:
     writer.write(step, scalars)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items()))
@@ -246,7 +255,7 @@ def train_and_evaluate(
         if progress is not None:
           progress.set_postfix(loss=f"{scalars[trainer.progress_metric]:.3f}")
       if trainer.evaluators:
-        _evaluate(trainer, generator, step, end, writer, ahead)
+        _evaluate(trainer, generator, step, end, writer, ahead, os.path.join(workdir, "samples"))
       if train.sample_every and (step % train.sample_every == 0 or step == end):
         _save_sample_grid(trainer, outputs, local, os.path.join(workdir, "samples"), step)
       if step % train.checkpoint_every == 0 or step == end:

@@ -666,7 +666,8 @@ def test_frozen_hopenet_is_a_step_input_never_a_trained_parameter():
 def test_evaluators_run_during_training(tmp_path, one_device_trainer, monkeypatch):
   """A ``config.evals`` evaluator due at step 2 writes ``eval/<name>/*`` to metrics.jsonl: the
   reconstruction PSNR / SSIM of the step-2 generator's parameter average on held-out synthetic heads (frames as saved
-  8-bit), recomputed here with scikit-image."""
+  8-bit), recomputed here with scikit-image, and the grid of what it scored."""
+  from PIL import Image
   from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
   from mmfa_jax.evaluate import synthetic_items
@@ -695,6 +696,13 @@ def test_evaluators_run_during_training(tmp_path, one_device_trainer, monkeypatc
   ]  # fmt: skip
   assert record["eval/test/psnr"] == pytest.approx(np.mean(psnr), abs=1e-3)
   assert record["eval/test/ssim"] == pytest.approx(np.mean(ssim), abs=1e-4)
+  # Its grid: source | driving | generated | target at the last frame, the one video's row.
+  grid = np.asarray(Image.open(tmp_path / "run" / "samples" / "eval_test_step_0000002.png"))
+  size = config.image_size
+  assert grid.shape == (size + 2, 4 * (size + 2), 3)
+  tiles = [grid[:size, c * (size + 2) : c * (size + 2) + size].astype(int) for c in range(4)]
+  for tile, want in zip(tiles, (item.source, item.driving[-1], frames[-1], item.target[-1])):
+    np.testing.assert_allclose(tile, np.round(want * 255), atol=1)
   with pytest.raises(ValueError, match="not among"):
     Evaluator("bad", 1, metrics=("fid",))
 

@@ -163,6 +163,9 @@ def get_config() -> ml_collections.ConfigDict:
       # Decay of the generator side's parameter average (0: none, as the reference; e.g. 0.995):
       # evaluations, checkpoints' inference and exports then use the average (TrainState).
       ema_decay=0.0,
+      # (prefix, factor) pairs: the generator-side parameters under a '/'-separated prefix (e.g.
+      # "image_generator") train at the learning rate times factor (none: the reference).
+      learning_rate_multipliers=(),
     )
   )
   config.train = ml_collections.ConfigDict(

@@ -41,6 +41,7 @@ from mmfa_jax.traced_steps import CachedStep, config_identity
 from mmfa_jax.train_state import (
   TrainState,
   apply_gradients,
+  check_prefixes,
   make_optimizer,
   step_schedule,
 )
@@ -195,11 +196,23 @@ class StepRunner:
     )
     # Made once: ``tx`` is a static field of TrainState, so every state must hold the same object
     # (a new optimizer per ``init_states`` would be a new pytree structure, retraced and recompiled).
+    # optim.learning_rate_multipliers: (prefix, factor) pairs over the generator-side parameters.
+    self.multipliers = tuple(
+      (str(p), float(f)) for p, f in optim.get("learning_rate_multipliers", ())
+    )
     self.generator_tx, self.discriminator_tx = (
       make_optimizer(
-        schedule, b1=optim.b1, b2=optim.b2, eps=optim.get("eps", 1e-8), clip_norm=optim.clip_norm
+        schedule,
+        b1=optim.b1,
+        b2=optim.b2,
+        eps=optim.get("eps", 1e-8),
+        clip_norm=optim.clip_norm,
+        multipliers=multipliers,
       )
-      for schedule in (self.generator_schedule, self.discriminator_schedule)
+      for schedule, multipliers in (
+        (self.generator_schedule, self.multipliers),
+        (self.discriminator_schedule, ()),
+      )
     )
 
   def _abstract(self, make_states: Callable[[Any], Any], seed: Any) -> Any:
@@ -287,12 +300,15 @@ class Trainer(StepRunner):
     self.frozen = put_replicated(dict(frozen), self.mesh)
     self.evaluators = tuple(make_evaluators(config))
     self._compile_step(functools.partial(train_step, self.objective))
+    if self.multipliers:  # their prefixes checked now (shapes only), not at the first step
+      self.abstract_states()
 
   # -- states
   def _states(
     self, model_variables: Mapping[str, Any], disc_variables: Mapping[str, Any]
   ) -> tuple[TrainState, TrainState]:
     params, stats = model_variables["params"], model_variables.get("batch_stats", {})
+    check_prefixes(params, self.multipliers)
     ema_decay = self.config.optim.get("ema_decay", 0.0)
     generator = TrainState.create(params, stats, self.generator_tx, ema_decay=ema_decay)
     discriminator = TrainState.create(

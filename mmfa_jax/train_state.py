@@ -97,16 +97,66 @@ def make_optimizer(
   b2: float = 0.999,
   eps: float = 1e-8,
   clip_norm: float | None = None,
+  multipliers: Sequence[tuple[str, float]] = (),
 ) -> optax.GradientTransformation:
   """Adam with the reference's betas (0.5, 0.999) and optional global-norm clipping.
 
   The leaves go through the optimizer as one flat vector (module docstring); the moments in
   ``opt_state`` are flat vectors over the leaves in ``jax.tree.leaves`` order.
+
+  ``multipliers`` (not in the reference): ``(prefix, factor)`` pairs; the update of every
+  parameter under the path ``prefix`` ('/'-separated names, e.g. ``'image_generator'``) is
+  multiplied by ``factor``, which for Adam is that part's learning rate times ``factor``. The
+  longest matching prefix wins. The optimizer state is the same with or without them, so a run
+  can be resumed with other multipliers.
   """
   adam = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
-  return optax.flatten(
+  flat = optax.flatten(
     optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
   )
+  if not multipliers:
+    return flat
+  factors = dict(multipliers)
+
+  def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+    updates, state = flat.update(updates, state, params)
+    return scale_by_prefix(updates, factors), state
+
+  return optax.GradientTransformation(flat.init, update)
+
+
+def _path_names(path: Sequence[Any]) -> list[str]:
+  return [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
+
+
+def scale_by_prefix(tree: Any, factors: dict[str, float]) -> Any:
+  """``tree`` with each leaf times the factor of the longest prefix of its path in ``factors``
+  (whole names: ``'a/b'`` matches ``a/b/c``, not ``a/bc``); leaves under no prefix unchanged."""
+
+  def scaled(path: Sequence[Any], leaf: Any) -> Any:
+    names = _path_names(path)
+    for length in range(len(names), 0, -1):
+      factor = factors.get("/".join(names[:length]))
+      if factor is not None:
+        return leaf * factor
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(scaled, tree)
+
+
+def check_prefixes(params: Any, multipliers: Sequence[tuple[str, float]]) -> None:
+  """Raises ``ValueError`` naming each ``multipliers`` prefix that matches no parameter (a typo
+  would otherwise train at the full rate without a word) or whose factor is not positive."""
+  paths = {"/".join(_path_names(path)) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+  for prefix, factor in multipliers:
+    if not any(p == prefix or p.startswith(prefix + "/") for p in paths):
+      tops = sorted({p.split("/")[0] for p in paths})
+      raise ValueError(
+        f"learning-rate multiplier prefix {prefix!r} matches no parameter (top-level names: "
+        f"{', '.join(tops)})"
+      )
+    if not factor > 0:
+      raise ValueError(f"learning-rate multiplier of {prefix!r} must be positive, got {factor}")
 
 
 def legacy_opt_state(opt_state: Any) -> Any:

@@ -418,6 +418,8 @@ def test_main_refuses_bad_command_lines_with_one_error_line(tmp_path):
     ([tiny, "--config.model.scale_translation.scale=spread"],
      "config.model.scale_translation.scale='spread' must be one of pooled, heatmap"),
     ([tiny, "--config.optim.ema_decay=1.0"], "config.optim.ema_decay=1.0 must be in [0, 1)"),
+    ([tiny, "--config.optim.learning_rate_multipliers=(('image_generater', 0.2),)"],
+     "learning-rate multiplier prefix 'image_generater' matches no parameter"),
     ([f"--config={missing}"], f"No such file or directory: '{missing}'"),
     ([f"--config={broken}"], f"--config: {broken}, line 1: invalid syntax"),
     (["--config=configs/synthetic.py:huge"], "takes 'small', 'bench' or 'tiny'"),

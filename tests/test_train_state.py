@@ -9,6 +9,7 @@ import pytest
 from mmfa_jax.train_state import (
   TrainState,
   apply_gradients,
+  check_prefixes,
   current_opt_state,
   legacy_opt_state,
   make_optimizer,
@@ -163,6 +164,57 @@ def test_flat_update_equals_per_leaf_adam_with_clipping():
   # The moments are one vector over all the leaves.
   moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim == 1 and leaf.size > 1]
   assert {leaf.size for leaf in moments} == {sum(int(np.prod(s)) for s in shapes)}
+
+
+def test_learning_rate_multipliers_scale_each_part_and_keep_the_state():
+  """Prefix multipliers against per-part Adam oracles (optax, learning rate times the factor of the
+  longest prefix); the optimizer state equals the one without multipliers, so runs resume across
+  a change of them."""
+  params = {
+    "image_generator": {"dense_motion_network": _random_tree(0, [(3,)]), "decoder": _random_tree(1, [(4, 2)])},
+    "motion_estimator": {"kp": _random_tree(2, [(5,)]), "kpx": _random_tree(3, [(2,)])},
+  }  # fmt: skip
+  multipliers = (
+    ("image_generator", 0.2),
+    ("image_generator/dense_motion_network", 1.0),
+    ("motion_estimator/kp", 0.5),  # a whole name: not "kpx"
+  )
+  factors = {
+    ("image_generator", "dense_motion_network"): 1.0,
+    ("image_generator", "decoder"): 0.2,
+    ("motion_estimator", "kp"): 0.5,
+    ("motion_estimator", "kpx"): 1.0,
+  }
+  scaled = TrainState.create(params, {}, make_optimizer(0.05, multipliers=multipliers))
+  plain = TrainState.create(params, {}, make_optimizer(0.05))
+  oracles = {
+    (a, b): (optax.adam(0.05 * f, b1=0.5, b2=0.999), params[a][b]) for (a, b), f in factors.items()
+  }
+  oracle_states = {k: tx.init(p) for k, (tx, p) in oracles.items()}
+  step = jax.jit(lambda s, g: apply_gradients(s, g, {}))
+  for seed in range(4, 7):
+    grads = jax.tree.map(
+      lambda p, seed=seed: jnp.asarray(
+        np.random.default_rng(seed).normal(size=p.shape), jnp.float32
+      ),
+      params,
+    )
+    scaled, _ = step(scaled, grads)
+    plain, _ = step(plain, grads)
+    for key, (tx, _) in oracles.items():
+      updates, oracle_states[key] = tx.update(grads[key[0]][key[1]], oracle_states[key])
+      oracles[key] = (tx, optax.apply_updates(oracles[key][1], updates))
+      jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        scaled.params[key[0]][key[1]],
+        oracles[key][1],
+      )
+  jax.tree.map(np.testing.assert_array_equal, scaled.opt_state, plain.opt_state)
+  check_prefixes(params, multipliers)  # every prefix names parameters
+  with pytest.raises(ValueError, match="'motion_estimator/k' matches no parameter"):
+    check_prefixes(params, (("motion_estimator/k", 0.5),))
+  with pytest.raises(ValueError, match="must be positive"):
+    check_prefixes(params, (("image_generator", 0.0),))
 
 
 def test_update_compiles_to_few_kernels_for_many_leaves():

@@ -125,8 +125,9 @@ def make_optimizer(
   return optax.GradientTransformation(flat.init, update)
 
 
-def _path_names(path: Sequence[Any]) -> list[str]:
-  return [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
+def _path_name(path: Sequence[Any]) -> str:
+  """A leaf's path as '/'-separated names (as ``checkpoints`` names leaves)."""
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def scale_by_prefix(tree: Any, factors: dict[str, float]) -> Any:
@@ -134,7 +135,7 @@ def scale_by_prefix(tree: Any, factors: dict[str, float]) -> Any:
   (whole names: ``'a/b'`` matches ``a/b/c``, not ``a/bc``); leaves under no prefix unchanged."""
 
   def scaled(path: Sequence[Any], leaf: Any) -> Any:
-    names = _path_names(path)
+    names = _path_name(path).split("/")
     for length in range(len(names), 0, -1):
       factor = factors.get("/".join(names[:length]))
       if factor is not None:
@@ -147,7 +148,7 @@ def scale_by_prefix(tree: Any, factors: dict[str, float]) -> Any:
 def check_prefixes(params: Any, multipliers: Sequence[tuple[str, float]]) -> None:
   """Raises ``ValueError`` naming each ``multipliers`` prefix that matches no parameter (a typo
   would otherwise train at the full rate without a word) or whose factor is not positive."""
-  paths = {"/".join(_path_names(path)) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+  paths = {_path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
   for prefix, factor in multipliers:
     if not any(p == prefix or p.startswith(prefix + "/") for p in paths):
       tops = sorted({p.split("/")[0] for p in paths})

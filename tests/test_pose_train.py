@@ -14,6 +14,7 @@ from mmfa_jax import pose_train
 from mmfa_jax.checkpoints import load_converted
 from mmfa_jax.data.synthetic import HELD_OUT_SEED
 from mmfa_jax.landmark_train import LANDMARK_SETTINGS, landmark_task_config
+from mmfa_jax.models.hopenet import prepare_hopenet_input
 from mmfa_jax.models.variants import variant_from_config
 
 
@@ -70,6 +71,46 @@ def test_tiny_run_writes_a_hopenet_an_mmfa_model_reads(tmp_path):
   measured = jax.jit(lambda v, x: variant.head_pose({"hopenet": v}, x))(variables, held / 255.0)
   mae = float(np.mean(np.abs(np.asarray(measured["yaw"]) - truth[:, 0])))
   assert errors["yaw"] == pytest.approx(mae, abs=1e-3)
+  # ... and on the same frames blurred (scipy's Gaussian, edges replicated), its blurred error.
+  sigma = pose_train.BLURRED_HELD_OUT_SIGMA
+  blurred = np.stack([_scipy_blur(frame / 255.0, sigma) for frame in held]).astype(np.float32)
+  measured = jax.jit(lambda v, x: variant.head_pose({"hopenet": v}, x))(variables, blurred)
+  mae = float(np.mean(np.abs(np.asarray(measured["yaw"]) - truth[:, 0])))
+  assert saved["held_out_blurred_mean_abs_error_deg"]["yaw"] == pytest.approx(mae, abs=1e-3)
+  assert saved["held_out_blur_sigma"] == sigma and metadata["training_blur"] == 2.0
+
+
+def _scipy_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+  """``(H, W, C)`` blurred over H and W as ``ops.pyramid.gaussian_blur`` with the pose trainer's
+  radius: scipy's Gaussian, truncated at that radius, edges replicated."""
+  from scipy.ndimage import gaussian_filter
+
+  radius = pose_train.blur_radius(sigma)
+  return gaussian_filter(image, (sigma, sigma, 0), mode="nearest", truncate=radius / sigma)
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.5])
+def test_training_step_sees_frames_blurred_by_a_uniform_sigma(blur):
+  """The step's loss is Hopenet's loss of the network on the frames blurred by scipy's Gaussian of
+  the per-frame sigmas drawn uniform in [0, blur] (from the seed and the step number)."""
+  config = synthetic_pose.get_config("tiny")
+  config.pose.blur = blur
+  trainer = pose_train.PoseTrainer(config)
+  state = trainer.init_state(0)
+  images, angles = pose_train.render_set(HELD_OUT_SEED, 2, 2, 64, 4)  # (4, 64, 64, 3) uint8
+  frames = images / 255.0
+  if blur:
+    key = jax.random.fold_in(jax.random.key(config.pose.seed), 0)
+    sigmas = np.asarray(jax.random.uniform(key, (4,), maxval=blur))
+    assert 0 < sigmas.min() and sigmas.max() < blur and np.ptp(sigmas) > 0.1
+    frames = np.stack([_scipy_blur(f, s) for f, s in zip(frames, sigmas, strict=True)])
+  logits = trainer.network.apply(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    prepare_hopenet_input(jnp.asarray(frames, jnp.float32)), True, mutable=["batch_stats"],
+  )[0]  # fmt: skip
+  want, _ = pose_train.pose_loss(logits, jnp.asarray(angles), config.pose.alpha)
+  _, metrics = trainer.step(state, images, angles)
+  assert float(metrics["pose_loss"]) == pytest.approx(float(want), rel=1e-4)
 
 
 def test_mmfa_run_pretrains_its_frozen_pose_network_once(tmp_path):

@@ -46,7 +46,7 @@ from mmfa_jax.data.evaluation import (
   reconstruction_stream,
   synthetic_items,
 )
-from mmfa_jax.scoring import Scores, metric_network, padded_batches
+from mmfa_jax.scoring import Scores, metric_network, padded_batches, pose_reader
 
 PROTOCOLS = ("reconstruction", "cross_identity")
 METRICS = ("l1", "psnr", "ssim", "lpips", "akd", "fid")
@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--edit-degrees", "--edit_degrees", type=float, default=20.0,
                       help="synthetic data: also score yaw/pitch/roll edits by +-this many degrees "
                       "against the renderer (0: off)")  # fmt: skip
+  parser.add_argument("--pose-network", "--pose_network",
+                      help="synthetic data: read the edits' angles with this converted Hopenet "
+                      "directory instead of the model's own pose network, e.g. one pretrained on "
+                      "blurred frames (configs/synthetic_pose.py --config.pose.blur=2)")  # fmt: skip
   parser.add_argument("--output", required=True,
                       help="output folder: frames/, metrics.json, table.md")  # fmt: skip
   return parser
@@ -122,14 +126,15 @@ def folder_items(
 
 
 def edit_accuracy(
-  animator: Any, size: int, num_videos: int, degrees: float, output: str
+  animator: Any, size: int, num_videos: int, degrees: float, output: str, read_pose: Any = None
 ) -> dict[str, dict[str, float]]:
   """Pose edits on held-out synthetic heads, scored against the renderer: for each source and each
   of yaw, pitch, roll, the edit ``angle = model's estimate + delta`` for ``delta = -degrees,
   +degrees`` rendered by the model, and the exact target (the true source motion with the angle
   moved by delta). Per attribute: L1, PSNR, SSIM of edit against target, and
   ``mean_abs_error_deg``, ``|angle(edit) - angle(target)|`` with both angles measured by the
-  model's own pose estimate (the frozen Hopenet for MMFA; its bias cancels), and
+  model's own pose estimate (the frozen Hopenet for MMFA; its bias cancels) or, given, by
+  ``read_pose`` (``scoring.pose_reader``), and
   ``output_change``, the mean absolute pixel difference between the edits and the model's render
   at its unedited estimate (near 0: the edit moves nothing; the exact targets differ from the
   source by ``copy_source["l1"]``). The edits are saved
@@ -162,8 +167,11 @@ def edit_accuracy(
       for name in ("l1", "psnr", "ssim"):
         values[attribute][name].extend(np.asarray(scores[name]).tolist())
         copies[attribute][name].extend(np.asarray(unedited[name]).tolist())
-      measured = getattr(animator.motion(np.concatenate([edited, targets]), state), attribute)
-      measured = np.asarray(measured)
+      frames = np.concatenate([edited, targets])  # (4, S, S, 3)
+      if read_pose is None:
+        measured = np.asarray(getattr(animator.motion(frames, state), attribute))
+      else:
+        measured = read_pose(frames)[attribute]
       values[attribute]["error"].extend(np.abs(measured[:2] - measured[2:]).tolist())
   return {
     attribute: {
@@ -267,6 +275,8 @@ def _check_arguments(args: argparse.Namespace, synthetic: bool) -> None:
     raise cli.CommandError(f"{args.data}: no such data folder (or pass --data synthetic)")
   if args.pairs and (synthetic or args.protocol != "cross_identity"):
     raise cli.CommandError("--pairs applies to --protocol cross_identity on a data folder")
+  if args.pose_network and not synthetic:
+    raise cli.CommandError("--pose-network reads pose edits, which --data synthetic scores")
   if args.pairs and not os.path.isfile(args.pairs):
     raise cli.CommandError(f"{args.pairs}: no such pairs file")
   for flag, value in (("--num-videos", args.num_videos), ("--max-frames", args.max_frames)):
@@ -333,6 +343,12 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
   loaded = {k: metric_network(k, d) for k, d in networks.items() if d and _uses(k, wanted)}
   animator = cli.load_animator(args)
   size = animator.image_size
+  read_pose = None
+  if args.pose_network:
+    try:
+      read_pose = pose_reader(args.pose_network, animator.model_config)
+    except (ValueError, OSError) as error:  # ConvertedWeightsError is a ValueError
+      raise cli.CommandError(f"--pose-network: {error}") from None
   if synthetic:
     items = synthetic_items(
       args.protocol, size, args.num_videos or SYNTHETIC_VIDEOS, args.max_frames
@@ -376,7 +392,12 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
   save_comparison_grid(os.path.join(args.output, "grid.png"), grid_rows)
   if synthetic and args.edit_degrees > 0:
     videos = args.num_videos or SYNTHETIC_VIDEOS
-    result["edits"] = edit_accuracy(animator, size, videos, args.edit_degrees, args.output)
+    result["edits"] = edit_accuracy(
+      animator, size, videos, args.edit_degrees, args.output, read_pose
+    )
+    result["edit_angles_read_by"] = (
+      os.path.abspath(args.pose_network) if args.pose_network else "model"
+    )
   _write_results(args.output, args.protocol, result)
   return result
 

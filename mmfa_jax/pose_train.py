@@ -7,11 +7,13 @@ learns yaw, pitch and roll from synthetic frames against their ground truth, as 
 trained: per angle, a cross-entropy over 66 bins of 3 degrees (bin ``floor((angle + 99) / 3)``,
 clipped) plus ``alpha`` times the squared error of the softmax expectation (``bins_to_degrees``,
 degrees). Inputs are prepared exactly as the frozen network sees them in an MMFA model
-(``Hopenet.angles``: the frame resized to 224 and ImageNet-normalised). Each training frame is
-first blurred by a Gaussian of sigma uniform in [0, ``blur``] pixels, as Hopenet's training
-blurred some of its frames: a generator's outputs are softer than the renderer's frames, and a
-network trained on sharp frames alone reads no turn on them (README, "Learning on the synthetic
-heads").
+(``Hopenet.angles``: the frame resized to 224 and ImageNet-normalised). With ``blur`` > 0 each
+training frame is first blurred by a Gaussian of sigma uniform in [0, ``blur``] pixels, as
+Hopenet's training blurred some of its frames. That makes a pose reader for generated frames
+(``evaluate --pose-network``): a generator's outputs are softer than the renderer's frames, and
+a network trained on sharp frames alone reads no turn on them. The frozen pose network of the
+MMFA configs is trained on sharp frames (``blur=0``), which it reads best (README, "Learning on
+the synthetic heads").
 
 It writes ``WORKDIR/hopenet`` (a converted ``hopenet`` directory: ``config.pretrained.hopenet`` of
 an MMFA config takes it), ``WORKDIR/metrics.jsonl`` (loss every ``log_every`` steps) and
@@ -52,7 +54,7 @@ POSE_SETTINGS = dict(
   learning_rate=1e-3,
   decay_at=(0.7,),  # fractions of num_steps: learning rate x0.1 from there
   alpha=0.1,  # weight of the squared expectation error (degrees^2) beside the bin cross-entropy
-  blur=2.0,  # Gaussian blur of each training frame, sigma uniform in [0, blur] pixels (0: none)
+  blur=0.0,  # Gaussian blur of each training frame, sigma uniform in [0, blur] pixels (0: none)
   frames_per_video=32,  # rendered once; batches are drawn from them
   held_out_videos=16,
   held_out_frames=8,
@@ -341,6 +343,7 @@ def train_pose_network(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "trained_steps": pose.num_steps,
     "held_out_mean_abs_error_deg": result["held_out_mean_abs_error_deg"],
     "training_blur": pose.blur,
+    "network": {k: list(v) if isinstance(v, tuple) else v for k, v in config.model.hopenet.items()},
   }
   save_pretrained(workdir, "hopenet", variables, metadata, result, "pose_metrics.json")
   logging.info(

@@ -14,6 +14,32 @@ import numpy as np
 from mmfa_jax.data.evaluation import Item
 
 
+def pose_reader(directory: str, model_config: Any) -> Any:
+  """A converted Hopenet directory as a pose reader: ``frames (B, H, W, 3) in [0, 1] -> {'yaw',
+  'pitch', 'roll'}`` (NumPy degrees, ``(B,)``). Its shape is ``metadata['network']`` (written by
+  the synthetic pose pretraining), else ``model_config.hopenet`` (the evaluated model's own pose
+  network). Raises ``ValueError`` naming the directory when the arrays do not fit that shape."""
+  import jax
+
+  from mmfa_jax.checkpoints import load_converted
+  from mmfa_jax.inference import on_device
+  from mmfa_jax.models.hopenet import Hopenet, hopenet_head_pose
+
+  variables, metadata = load_converted(directory, "hopenet")
+  shape = metadata.get("network") or dict(model_config["hopenet"])
+  network = Hopenet(**{k: tuple(v) if isinstance(v, list) else v for k, v in shape.items()})
+  image = jax.ShapeDtypeStruct((1, 224, 224, 3), np.float32)
+  wanted = jax.eval_shape(lambda x: network.init(jax.random.key(0), x), image)
+  if jax.tree.map(np.shape, dict(wanted)) != jax.tree.map(np.shape, dict(variables)):
+    raise ValueError(
+      f"{directory}: its arrays do not fit a Hopenet of {shape} (a pose network of another "
+      "size than this model's)"
+    )
+  read = jax.jit(functools.partial(hopenet_head_pose, network))
+  variables = on_device(variables)
+  return lambda frames: {k: np.asarray(v) for k, v in read(variables, frames).items()}
+
+
 class Scorer:
   """Accumulates per-frame metrics and FID statistics for one set of predictions; ``real_from``:
   another scorer of the same real frames whose real-frame statistics this one reads (computed once)."""

@@ -160,6 +160,68 @@ def test_cross_identity_on_synthetic_heads_against_exact_targets(model_dir, tmp_
   assert "output change (L1)" in (out / "table.md").read_text()
 
 
+def _save_random_hopenet(directory, metadata, widths=(8, 16, 32, 64)):
+  """A randomly initialised tiny Hopenet as a converted directory."""
+  import jax
+
+  from mmfa_jax.checkpoints import save_converted
+  from mmfa_jax.models.hopenet import Hopenet
+
+  network = Hopenet(layers=(1, 1, 1, 1), widths=widths)
+  variables = network.init(jax.random.key(3), np.zeros((1, 224, 224, 3), np.float32))
+  save_converted(directory, jax.device_get(variables), {"kind": "hopenet", **metadata})
+  return network, variables
+
+
+def test_pose_network_reads_the_edits_angles(model_dir, tmp_path, capsys):
+  """--pose-network DIR: the edit error is |angle(edit) - angle(target)| as that network reads
+  the saved edits and the renderer's targets; its shape comes from its metadata."""
+  from mmfa_jax.data.synthetic import render_head
+  from mmfa_jax.models.hopenet import hopenet_head_pose
+
+  shape = {"layers": [1] * 4, "widths": [8, 16, 16, 32]}  # not the model's own
+  network, variables = _save_random_hopenet(
+    tmp_path / "reader", {"network": shape}, (8, 16, 16, 32)
+  )
+  out = tmp_path / "out"
+  argv = _args(model_dir, "--data", "synthetic", "--protocol", "cross_identity", "--metrics",
+               "l1", "--num-videos", "1", "--max-frames", "1", "--pose-network",
+               str(tmp_path / "reader"), "--output", str(out))  # fmt: skip
+  assert evaluate.main(argv) == 0
+  capsys.readouterr()
+  result = json.loads((out / "metrics.json").read_text())
+  assert result["edit_angles_read_by"] == str(tmp_path / "reader")
+  heads = SyntheticHeads(seed=HELD_OUT_SEED, num_videos=1)
+  for attribute in ("yaw", "roll"):
+    edits, targets = [], []
+    for video in range(1):
+      truth = heads.motion(video, 0)
+      for index, delta in enumerate((-20.0, 20.0)):
+        edits.append(read_image(str(out / "edits" / attribute / f"{video:03d}/{index:07d}.png")))
+        moved = dict(truth, **{attribute: truth[attribute] + delta})
+        targets.append(render_head(heads.identity(video), moved, SIZE))
+    read = hopenet_head_pose(network, variables, np.stack(edits + targets).astype(np.float32))
+    angles = np.asarray(read[attribute])
+    want = np.mean(np.abs(angles[:2] - angles[2:]))
+    got = result["edits"][attribute]["mean_abs_error_deg"]
+    assert got == pytest.approx(float(want), abs=1e-3) and want > 0
+
+  # Without a shape in its metadata the reader takes the model's own: other arrays do not fit it,
+  # which is one error line naming the directory.
+  _save_random_hopenet(tmp_path / "bare", {}, (8, 16, 16, 32))
+  bad = [
+    (["--data", "synthetic", "--pose-network", str(tmp_path / "bare")], "bare: its arrays do not fit"),
+    (["--data", "synthetic", "--pose-network", str(tmp_path / "nothing")], "--pose-network: "),
+    (["--data", str(tmp_path), "--pose-network", str(tmp_path / "reader")],
+     "--data synthetic scores"),
+  ]  # fmt: skip
+  for extra, message in bad:
+    assert evaluate.main(_args(model_dir, *extra, "--output", str(tmp_path / "o"))) == 2, extra
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], (extra, err)
+  assert not (tmp_path / "o").exists()
+
+
 def test_default_pairs_take_another_identity():
   assert evaluate.default_pairs(list(VIDEOS)) == [
     ("id0#a", "id1#c"),

@@ -77,7 +77,8 @@ def test_tiny_run_writes_a_hopenet_an_mmfa_model_reads(tmp_path):
   measured = jax.jit(lambda v, x: variant.head_pose({"hopenet": v}, x))(variables, blurred)
   mae = float(np.mean(np.abs(np.asarray(measured["yaw"]) - truth[:, 0])))
   assert saved["held_out_blurred_mean_abs_error_deg"]["yaw"] == pytest.approx(mae, abs=1e-3)
-  assert saved["held_out_blur_sigma"] == sigma and metadata["training_blur"] == 2.0
+  assert saved["held_out_blur_sigma"] == sigma and metadata["training_blur"] == 0.0
+  assert metadata["network"] == {"layers": [1] * 4, "widths": [8, 16, 32, 64]}
 
 
 def _scipy_blur(image: np.ndarray, sigma: float) -> np.ndarray:

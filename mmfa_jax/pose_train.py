@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -55,6 +55,9 @@ POSE_SETTINGS = dict(
   decay_at=(0.7,),  # fractions of num_steps: learning rate x0.1 from there
   alpha=0.1,  # weight of the squared expectation error (degrees^2) beside the bin cross-entropy
   blur=0.0,  # Gaussian blur of each training frame, sigma uniform in [0, blur] pixels (0: none)
+  # (yaw, pitch, roll) amplitudes (degrees) of the training and held-out heads' poses; (): the
+  # data's own (data.synthetic.SyntheticHeads: 35, 20, 15). A reader of pose edits needs wider ones.
+  max_angles=(),
   frames_per_video=32,  # rendered once; batches are drawn from them
   held_out_videos=16,
   held_out_frames=8,
@@ -202,13 +205,18 @@ def render_set(
   size: int,
   stride: int = 1,
   target: Callable[[Any, int, int], Any] = pose_angles,
+  max_angles: Sequence[float] = (),
 ) -> tuple:
   """Synthetic frames (uint8 ``(N, S, S, 3)``) and their targets (float32 ``(N, ...)``,
   ``target(heads, video, frame)``, by default (yaw, pitch, roll)): ``videos`` identities of
-  collection ``seed``, ``frames`` frames each (every ``stride``-th)."""
+  collection ``seed``, ``frames`` frames each (every ``stride``-th), with the (yaw, pitch, roll)
+  amplitudes ``max_angles`` (degrees; () for the collection's default)."""
   from mmfa_jax.data.synthetic import SyntheticHeads
 
-  heads = SyntheticHeads(seed=seed, num_videos=videos, num_frames=frames * stride)
+  if max_angles and len(max_angles) != 3:
+    raise ValueError(f"max_angles takes (yaw, pitch, roll) degrees, got {tuple(max_angles)}")
+  amplitudes = dict(zip(("max_yaw", "max_pitch", "max_roll"), max_angles, strict=False))
+  heads = SyntheticHeads(seed=seed, num_videos=videos, num_frames=frames * stride, **amplitudes)
   images, targets = [], []
   for video in range(videos):
     for frame in range(0, frames * stride, stride):
@@ -321,9 +329,12 @@ def train_pose_network(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("rendering %d training and %d held-out frames", *counts)
   from mmfa_jax.data.synthetic import HELD_OUT_SEED
 
-  images, angles = render_set(data.seed, data.num_videos, pose.frames_per_video, size)
+  angles_range = tuple(pose.max_angles)
+  images, angles = render_set(
+    data.seed, data.num_videos, pose.frames_per_video, size, max_angles=angles_range
+  )
   held_images, held_angles = render_set(
-    HELD_OUT_SEED, pose.held_out_videos, pose.held_out_frames, size, 4
+    HELD_OUT_SEED, pose.held_out_videos, pose.held_out_frames, size, 4, max_angles=angles_range
   )
   trainer = PoseTrainer(config)
   state = fit(trainer.step, trainer.init_state(pose.seed), images, angles, pose, workdir, "pose")
@@ -335,6 +346,7 @@ def train_pose_network(config: ml_collections.ConfigDict, workdir: str) -> dict[
       variables, held_images, held_angles, BLURRED_HELD_OUT_SIGMA
     ),
     "held_out_blur_sigma": BLURRED_HELD_OUT_SIGMA,
+    "max_angles": list(angles_range),
     "train_mean_abs_error_deg": trainer.mean_abs_error(variables, images[:512], angles[:512]),
     "held_out_frames": len(held_images),
   }

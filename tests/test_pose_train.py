@@ -78,6 +78,7 @@ def test_tiny_run_writes_a_hopenet_an_mmfa_model_reads(tmp_path):
   mae = float(np.mean(np.abs(np.asarray(measured["yaw"]) - truth[:, 0])))
   assert saved["held_out_blurred_mean_abs_error_deg"]["yaw"] == pytest.approx(mae, abs=1e-3)
   assert saved["held_out_blur_sigma"] == sigma and metadata["training_blur"] == 0.0
+  assert saved["max_angles"] == []  # the data's own amplitudes
   assert metadata["network"] == {"layers": [1] * 4, "widths": [8, 16, 32, 64]}
 
 
@@ -173,3 +174,14 @@ def test_task_configs_take_the_base_configs_network_and_settings():
   assert landmarks.landmarks.num_steps == LANDMARK_SETTINGS["num_steps"]
   assert dict(landmarks.model.landmarks) == dict(base.model.landmarks)
   assert landmarks.image_size == pose.image_size == base.image_size
+
+
+def test_render_set_takes_wider_pose_amplitudes():
+  """max_angles sets the (yaw, pitch, roll) amplitudes of the rendered poses: the same waves,
+  scaled (the default is the data's 35, 20, 15 degrees)."""
+  _, default = pose_train.render_set(HELD_OUT_SEED, 2, 4, 16, 8)
+  _, wide = pose_train.render_set(HELD_OUT_SEED, 2, 4, 16, 8, max_angles=(70.0, 30.0, 45.0))
+  np.testing.assert_allclose(wide, default * np.array([2.0, 1.5, 3.0]), rtol=1e-5, atol=1e-4)
+  assert np.abs(wide[:, 0]).max() > 35.0
+  with pytest.raises(ValueError, match=r"max_angles takes \(yaw, pitch, roll\)"):
+    pose_train.render_set(HELD_OUT_SEED, 1, 1, 16, max_angles=(60.0,))

@@ -174,6 +174,13 @@ def test_task_configs_take_the_base_configs_network_and_settings():
   assert landmarks.landmarks.num_steps == LANDMARK_SETTINGS["num_steps"]
   assert dict(landmarks.model.landmarks) == dict(base.model.landmarks)
   assert landmarks.image_size == pose.image_size == base.image_size
+  # configs/synthetic_pose.py:reader: the README job's pose network, blurred and wider-posed frames.
+  reader, small = synthetic_pose.get_config("reader"), synthetic_pose.get_config()
+  assert (reader.pose.blur, tuple(reader.pose.max_angles)) == (2.0, (60.0, 40.0, 40.0))
+  assert (small.pose.blur, tuple(small.pose.max_angles)) == (0.0, ())
+  assert dict(reader.model.hopenet) == dict(small.model.hopenet) != dict(base.model.hopenet)
+  with pytest.raises(ValueError, match="'small', 'reader' or 'tiny'"):
+    synthetic_pose.get_config("bench")
 
 
 def test_render_set_takes_wider_pose_amplitudes():

@@ -174,9 +174,9 @@ def test_task_configs_take_the_base_configs_network_and_settings():
   assert landmarks.landmarks.num_steps == LANDMARK_SETTINGS["num_steps"]
   assert dict(landmarks.model.landmarks) == dict(base.model.landmarks)
   assert landmarks.image_size == pose.image_size == base.image_size
-  # configs/synthetic_pose.py:reader: the README job's pose network, blurred and wider-posed frames.
+  # configs/synthetic_pose.py:reader: the README job's pose network on blurred frames, 800 steps.
   reader, small = synthetic_pose.get_config("reader"), synthetic_pose.get_config()
-  assert (reader.pose.blur, tuple(reader.pose.max_angles)) == (2.0, (60.0, 40.0, 40.0))
+  assert (reader.pose.blur, tuple(reader.pose.max_angles), reader.pose.num_steps) == (2.0, (), 800)
   assert (small.pose.blur, tuple(small.pose.max_angles)) == (0.0, ())
   assert dict(reader.model.hopenet) == dict(small.model.hopenet) != dict(base.model.hopenet)
   with pytest.raises(ValueError, match="'small', 'reader' or 'tiny'"):

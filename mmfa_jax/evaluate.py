@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--pose-network", "--pose_network",
                       help="synthetic data: read the edits' angles with this converted Hopenet "
                       "directory instead of the model's own pose network, e.g. one pretrained on "
-                      "blurred frames (configs/synthetic_pose.py --config.pose.blur=2)")  # fmt: skip
+                      "blurred frames (configs/synthetic_pose.py:reader)")  # fmt: skip
   parser.add_argument("--output", required=True,
                       help="output folder: frames/, metrics.json, table.md")  # fmt: skip
   return parser

@@ -134,7 +134,8 @@ def edit_accuracy(
   moved by delta). Per attribute: L1, PSNR, SSIM of edit against target, and
   ``mean_abs_error_deg``, ``|angle(edit) - angle(target)|`` with both angles measured by the
   model's own pose estimate (the frozen Hopenet for MMFA; its bias cancels) or, given, by
-  ``read_pose`` (``scoring.pose_reader``), and
+  ``read_pose`` (``scoring.pose_reader``); ``copy_source`` holds the same scores of the unedited
+  source (an edit that turns nothing), its ``mean_abs_error_deg`` read by the same network; and
   ``output_change``, the mean absolute pixel difference between the edits and the model's render
   at its unedited estimate (near 0: the edit moves nothing; the exact targets differ from the
   source by ``copy_source["l1"]``). The edits are saved
@@ -146,7 +147,7 @@ def edit_accuracy(
   angles = ("yaw", "pitch", "roll")
   deltas = np.asarray([-degrees, degrees], np.float32)
   values = {a: {"l1": [], "psnr": [], "ssim": [], "error": [], "change": []} for a in angles}
-  copies = {a: {"l1": [], "psnr": [], "ssim": []} for a in angles}
+  copies = {a: {"l1": [], "psnr": [], "ssim": [], "mean_abs_error_deg": []} for a in angles}
   for video in range(num_videos):
     source = heads.frame(video, 0, size)
     state = animator.encode_source(source)  # once per source, for all its edits
@@ -167,12 +168,13 @@ def edit_accuracy(
       for name in ("l1", "psnr", "ssim"):
         values[attribute][name].extend(np.asarray(scores[name]).tolist())
         copies[attribute][name].extend(np.asarray(unedited[name]).tolist())
-      frames = np.concatenate([edited, targets])  # (4, S, S, 3)
+      frames = np.concatenate([edited, targets, source[None]])  # (5, S, S, 3)
       if read_pose is None:
         measured = np.asarray(getattr(animator.motion(frames, state), attribute))
       else:
-        measured = read_pose(frames)[attribute]
-      values[attribute]["error"].extend(np.abs(measured[:2] - measured[2:]).tolist())
+        measured = np.asarray(read_pose(frames)[attribute])
+      values[attribute]["error"].extend(np.abs(measured[:2] - measured[2:4]).tolist())
+      copies[attribute]["mean_abs_error_deg"].extend(np.abs(measured[4] - measured[2:4]).tolist())
   return {
     attribute: {
       "degrees": float(degrees),
@@ -290,12 +292,13 @@ def edits_markdown(edits: dict[str, dict[str, float]]) -> str:
     return ""
   degrees = next(iter(edits.values()))["degrees"]
   lines = ["", f"### Pose edits (±{degrees:g}°, synthetic)", "",
-           "| attribute | angle error (deg) ↓ | L1 ↓ | PSNR ↑ | SSIM ↑ | copy source PSNR "
-           "| output change (L1) | target change (L1) |",
-           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+           "| attribute | angle error (deg) ↓ | copy source angle error | L1 ↓ | PSNR ↑ | SSIM ↑ "
+           "| copy source PSNR | output change (L1) | target change (L1) |",
+           "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
   for name, v in edits.items():
-    cells = f"{v['mean_abs_error_deg']:.2f} | {v['l1']:.4f} | {v['psnr']:.2f} | {v['ssim']:.4f}"
     copy = v["copy_source"]
+    cells = (f"{v['mean_abs_error_deg']:.2f} | {copy['mean_abs_error_deg']:.2f} | {v['l1']:.4f} | "
+             f"{v['psnr']:.2f} | {v['ssim']:.4f}")  # fmt: skip
     change = f"{v['output_change']:.4f} | {copy['l1']:.4f}"
     lines.append(f"| {name} | {cells} | {copy['psnr']:.2f} | {change} |")
   return "\n".join(lines) + "\n"

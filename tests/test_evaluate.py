@@ -158,6 +158,7 @@ def test_cross_identity_on_synthetic_heads_against_exact_targets(model_dir, tmp_
     assert scores["output_change"] == pytest.approx(np.mean(change), abs=1 / 255), attribute
   assert "Pose edits" in (out / "table.md").read_text()
   assert "output change (L1)" in (out / "table.md").read_text()
+  assert "copy source angle error" in (out / "table.md").read_text()
 
 
 def _save_random_hopenet(directory, metadata, widths=(8, 16, 32, 64)):
@@ -200,11 +201,16 @@ def test_pose_network_reads_the_edits_angles(model_dir, tmp_path, capsys):
         edits.append(read_image(str(out / "edits" / attribute / f"{video:03d}/{index:07d}.png")))
         moved = dict(truth, **{attribute: truth[attribute] + delta})
         targets.append(render_head(heads.identity(video), moved, SIZE))
-    read = hopenet_head_pose(network, variables, np.stack(edits + targets).astype(np.float32))
-    angles = np.asarray(read[attribute])
-    want = np.mean(np.abs(angles[:2] - angles[2:]))
+    source = heads.frame(0, 0, SIZE)[None]
+    frames = np.concatenate([np.stack(edits + targets), source]).astype(np.float32)
+    angles = np.asarray(hopenet_head_pose(network, variables, frames)[attribute])  # (5,)
+    want = np.mean(np.abs(angles[:2] - angles[2:4]))
     got = result["edits"][attribute]["mean_abs_error_deg"]
     assert got == pytest.approx(float(want), abs=1e-3) and want > 0
+    # The same error of an edit that turns nothing: the source itself, read by the same network.
+    unturned = np.mean(np.abs(angles[4] - angles[2:4]))
+    got = result["edits"][attribute]["copy_source"]["mean_abs_error_deg"]
+    assert got == pytest.approx(float(unturned), abs=1e-3) and unturned != pytest.approx(want)
 
   # Without a shape in its metadata the reader takes the model's own: other arrays do not fit it,
   # which is one error line naming the directory.

@@ -28,8 +28,8 @@ import numpy as np
 from absl import logging
 
 from mmfa_jax.models.landmarks import LandmarkDetector, landmarks_from_config
-from mmfa_jax.ops.pyramid import gaussian_blur
 from mmfa_jax.pose_train import (
+  blur_at_random,
   fit,
   held_out_errors,
   pretrain_once,
@@ -97,10 +97,10 @@ class LandmarkTrainer:
     return TrainState.create(variables["params"], variables["batch_stats"], self.tx)
 
   def _step(self, state: TrainState, images: jax.Array, points: jax.Array) -> tuple:
-    images = images.astype(jnp.float32) / 255.0
-    key = jax.random.fold_in(jax.random.key(self.config.landmarks.seed), state.step)
-    sigmas = jax.random.uniform(key, (images.shape[0],), maxval=self.config.landmarks.blur)
-    images = gaussian_blur(images, sigmas)
+    settings = self.config.landmarks
+    images = blur_at_random(
+      images.astype(jnp.float32) / 255.0, settings.seed, state.step, settings.blur
+    )
 
     def loss(params: Any) -> tuple[jax.Array, Any]:
       out, updated = self.network.apply(

@@ -169,6 +169,17 @@ def blur_radius(sigma: float) -> int:
   return max(3, math.ceil(2 * sigma))
 
 
+def blur_at_random(images: jax.Array, seed: int, step: jax.Array, max_sigma: float) -> jax.Array:
+  """The training blur of the pretraining tasks: each of ``images`` (``(B, H, W, C)``) blurred by
+  a Gaussian of sigma uniform in [0, ``max_sigma``] pixels, drawn from ``seed`` and the step
+  number; ``max_sigma`` 0 leaves them as they are."""
+  if max_sigma <= 0:
+    return images
+  key = jax.random.fold_in(jax.random.key(seed), step)
+  sigmas = jax.random.uniform(key, (images.shape[0],), maxval=max_sigma)  # (B,) pixels
+  return gaussian_blur(images, sigmas, blur_radius(max_sigma))
+
+
 def angle_bins(degrees: jax.Array, num_bins: int = 66) -> jax.Array:
   """Hopenet's class of an angle: the 3-degree bin whose lower edge (from -99) is below it."""
   index = jnp.floor((degrees - ANGLE_OFFSET) / ANGLE_BIN_WIDTH).astype(jnp.int32)
@@ -283,11 +294,7 @@ class PoseTrainer:
   def _step(self, state: TrainState, images: jax.Array, angles: jax.Array) -> tuple:
     pose = self.config.pose
     images = images.astype(jnp.float32) / 255.0  # (B, S, S, 3)
-    if pose.blur > 0:
-      key = jax.random.fold_in(jax.random.key(pose.seed), state.step)
-      sigmas = jax.random.uniform(key, (images.shape[0],), maxval=pose.blur)  # (B,) pixels
-      images = gaussian_blur(images, sigmas, blur_radius(pose.blur))
-    prepared = prepare_hopenet_input(images)
+    prepared = prepare_hopenet_input(blur_at_random(images, pose.seed, state.step, pose.blur))
 
     def loss(params: Any) -> tuple[jax.Array, Any]:
       logits, updated = self.network.apply(
